@@ -1,0 +1,301 @@
+"""Turn a ``torch.nn.Sequential`` into the affine maps and ReLUs that bound propagation needs.
+
+Every supported layer except ReLU is affine on its input (BatchNorm and the model's
+``Normalize`` per channel, AvgPool2d as a depthwise convolution, Flatten as a reshape).
+Each affine op offers three views of the same map ``x -> M x + b``:
+
+* ``forward(x)``: ``M x + b`` (propagates interval centres and the reference input);
+* ``abs_forward(r)``: ``|M| r`` (propagates interval radii);
+* ``backward(A)``: ``(A M, A b)`` for a batch of linear functionals ``A`` of shape
+  ``[batch, specs, *out_shape]`` (the backward pass of CROWN).
+
+The ops are rebuilt on every call from the live modules, so gradients flow to the weights
+and BatchNorm in train mode can use the statistics of this call's reference batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainables.models.layers import Normalize
+
+
+class UnsupportedLayerError(TypeError):
+    """A model contains a layer the bound propagation cannot handle."""
+
+
+SUPPORTED_LAYERS = (
+    "Linear",
+    "Conv2d",
+    "ReLU",
+    "Flatten",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "AvgPool2d",
+    "Normalize",
+    "Identity",
+)
+
+
+class AffineOp:
+    """An affine map ``x -> M x + b`` on a batch (see the module docstring)."""
+
+    #: True when M is diagonal (elementwise): IBP through it is exact.
+    diagonal: bool = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def abs_forward(self, r: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def backward(self, A: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+@dataclass
+class ReLUOp:
+    """Marker for an elementwise ReLU; relaxations are chosen by the bound methods."""
+
+
+Op = AffineOp | ReLUOp
+
+
+@dataclass
+class DenseOp(AffineOp):
+    weight: Tensor  # [out, in]
+    bias: Tensor | None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def abs_forward(self, r: Tensor) -> Tensor:
+        return F.linear(r, self.weight.abs())
+
+    def backward(self, A: Tensor) -> tuple[Tensor, Tensor]:
+        bias = A @ self.bias if self.bias is not None else A.new_zeros(A.shape[:2])
+        return A @ self.weight, bias
+
+
+@dataclass
+class ConvOp(AffineOp):
+    weight: Tensor  # [out_ch, in_ch / groups, kh, kw]
+    bias: Tensor | None
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    in_shape: tuple[int, int, int]
+
+    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv(x, self.weight, self.bias)
+
+    def abs_forward(self, r: Tensor) -> Tensor:
+        return self._conv(r, self.weight.abs(), None)
+
+    def backward(self, A: Tensor) -> tuple[Tensor, Tensor]:
+        batch, specs, channels, height, width = A.shape
+        flat = A.reshape(batch * specs, channels, height, width)
+        output_padding = tuple(
+            size - ((out - 1) * s - 2 * p + d * (k - 1) + 1)
+            for size, out, s, p, d, k in zip(
+                self.in_shape[1:],
+                (height, width),
+                self.stride,
+                self.padding,
+                self.dilation,
+                self.weight.shape[2:],
+                strict=True,
+            )
+        )
+        back = F.conv_transpose2d(
+            flat,
+            self.weight,
+            None,
+            self.stride,
+            self.padding,
+            output_padding,
+            self.groups,
+            self.dilation,
+        )
+        if self.bias is None:
+            bias = A.new_zeros(batch, specs)
+        else:
+            bias = torch.einsum("bschw,c->bs", A, self.bias)
+        return back.reshape(batch, specs, *self.in_shape), bias
+
+
+@dataclass
+class ChannelAffineOp(AffineOp):
+    """``scale[c] * x + shift[c]`` along dimension 1 (BatchNorm, Normalize)."""
+
+    scale: Tensor  # [C]
+    shift: Tensor  # [C]
+    spatial_dims: int  # 0 for [B, C], 2 for [B, C, H, W]
+    diagonal = True
+
+    def _view(self, t: Tensor, lead: int) -> Tensor:
+        return t.view(*([1] * lead), -1, *([1] * self.spatial_dims))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self._view(self.scale, 1) + self._view(self.shift, 1)
+
+    def abs_forward(self, r: Tensor) -> Tensor:
+        return r * self._view(self.scale.abs(), 1)
+
+    def backward(self, A: Tensor) -> tuple[Tensor, Tensor]:
+        shifted = A * self._view(self.shift, 2)
+        return A * self._view(self.scale, 2), shifted.flatten(2).sum(-1)
+
+
+@dataclass
+class ReshapeOp(AffineOp):
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    diagonal = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], *self.out_shape)
+
+    abs_forward = forward
+
+    def backward(self, A: Tensor) -> tuple[Tensor, Tensor]:
+        return A.reshape(*A.shape[:2], *self.in_shape), A.new_zeros(A.shape[:2])
+
+
+def flatten_sequential(model: nn.Module) -> Iterator[nn.Module]:
+    """Yield the leaf layers of a (possibly nested) ``nn.Sequential`` in order."""
+    if not isinstance(model, nn.Sequential):
+        raise UnsupportedLayerError(
+            f"bound propagation needs a torch.nn.Sequential, got {type(model).__name__}; "
+            f"supported layers: {', '.join(SUPPORTED_LAYERS)}"
+        )
+    for child in model:
+        if isinstance(child, nn.Sequential):
+            yield from flatten_sequential(child)
+        else:
+            yield child
+
+
+def linearize(model: nn.Sequential, reference: Tensor) -> tuple[list[Op], Tensor]:
+    """Build the op list of ``model``, tracing shapes (and BatchNorm statistics) on ``reference``.
+
+    Returns the ops and the output of the traced forward pass on ``reference``.
+
+    ``reference`` is a batch in the model's input shape. BatchNorm layers that use batch
+    statistics (train mode, or no running statistics) take them from this batch's forward
+    pass, without updating the running statistics; eval-mode BatchNorm uses the running ones.
+    """
+    ops: list[Op] = []
+    activation = reference
+    for index, layer in enumerate(flatten_sequential(model)):
+        op = _layer_op(layer, activation, index)
+        if op is None:
+            continue
+        activation = torch.relu(activation) if isinstance(op, ReLUOp) else op.forward(activation)
+        ops.append(op)
+    return ops, activation
+
+
+def _layer_op(layer: nn.Module, activation: Tensor, index: int) -> Op | None:
+    where = f"layer {index} ({type(layer).__name__})"
+    if isinstance(layer, nn.Identity):
+        return None
+    if isinstance(layer, nn.ReLU):
+        return ReLUOp()
+    if isinstance(layer, nn.Linear):
+        _expect_dims(activation, 2, where)
+        return DenseOp(layer.weight, layer.bias)
+    if isinstance(layer, nn.Conv2d):
+        _expect_dims(activation, 4, where)
+        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+            raise UnsupportedLayerError(
+                f"{where}: only numeric zero padding is supported, got "
+                f"padding={layer.padding!r}, padding_mode={layer.padding_mode!r}"
+            )
+        return ConvOp(
+            layer.weight,
+            layer.bias,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+            tuple(activation.shape[1:]),
+        )
+    if isinstance(layer, nn.AvgPool2d):
+        return _avgpool_op(layer, activation, where)
+    if isinstance(layer, nn.BatchNorm1d | nn.BatchNorm2d):
+        return _batchnorm_op(layer, activation, where)
+    if isinstance(layer, Normalize):
+        _expect_dims(activation, 4, where)
+        return ChannelAffineOp(layer.scale, layer.shift, spatial_dims=2)
+    if isinstance(layer, nn.Flatten):
+        if layer.start_dim != 1 or layer.end_dim != -1:
+            raise UnsupportedLayerError(f"{where}: only Flatten(start_dim=1, end_dim=-1)")
+        in_shape = tuple(activation.shape[1:])
+        return ReshapeOp(in_shape, (activation[0].numel(),))
+    raise UnsupportedLayerError(
+        f"{where}: layer type {type(layer).__name__} is not supported by bound propagation; "
+        f"supported: {', '.join(SUPPORTED_LAYERS)}"
+    )
+
+
+def _expect_dims(activation: Tensor, dims: int, where: str) -> None:
+    if activation.dim() != dims:
+        raise UnsupportedLayerError(
+            f"{where}: expects a {dims}-D input, got shape {tuple(activation.shape)}"
+        )
+
+
+def _avgpool_op(layer: nn.AvgPool2d, activation: Tensor, where: str) -> ConvOp:
+    """AvgPool2d is the depthwise convolution with a constant kernel 1 / (kh * kw)."""
+    _expect_dims(activation, 4, where)
+    if layer.ceil_mode or not layer.count_include_pad or layer.divisor_override is not None:
+        raise UnsupportedLayerError(
+            f"{where}: only ceil_mode=False, count_include_pad=True, divisor_override=None"
+        )
+    kh, kw = nn.modules.utils._pair(layer.kernel_size)
+    channels = activation.shape[1]
+    kernel = activation.new_full((channels, 1, kh, kw), 1.0 / (kh * kw))
+    stride = nn.modules.utils._pair(layer.stride if layer.stride is not None else (kh, kw))
+    return ConvOp(
+        kernel,
+        None,
+        stride,
+        nn.modules.utils._pair(layer.padding),
+        (1, 1),
+        channels,
+        tuple(activation.shape[1:]),
+    )
+
+
+def _batchnorm_op(
+    layer: nn.BatchNorm1d | nn.BatchNorm2d, activation: Tensor, where: str
+) -> ChannelAffineOp:
+    """BatchNorm as a per-channel affine map with the statistics PyTorch would use."""
+    spatial_dims = activation.dim() - 2
+    if isinstance(layer, nn.BatchNorm1d) and spatial_dims != 0:
+        raise UnsupportedLayerError(f"{where}: BatchNorm1d is supported on [batch, features]")
+    if isinstance(layer, nn.BatchNorm2d):
+        _expect_dims(activation, 4, where)
+    if layer.training or not layer.track_running_stats:
+        reduce = [0, *range(2, activation.dim())]
+        mean = activation.mean(dim=reduce)
+        var = activation.var(dim=reduce, unbiased=False)
+    else:
+        mean, var = layer.running_mean, layer.running_var
+    scale = torch.rsqrt(var + layer.eps)
+    if layer.weight is not None:
+        scale = scale * layer.weight
+    shift = -mean * scale
+    if layer.bias is not None:
+        shift = shift + layer.bias
+    return ChannelAffineOp(scale, shift, spatial_dims)

@@ -21,7 +21,9 @@ class Normalize(nn.Module):
             raise ValueError(f"Normalize: mean has {len(mean)} channels but std has {len(std)}")
         if any(s <= 0 for s in std):
             raise ValueError(f"Normalize: every std must be > 0, got {list(std)}")
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer(
+            "mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        )
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     @property

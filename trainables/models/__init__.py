@@ -1,0 +1,16 @@
+"""Model zoo: certifiable students and residual teachers, all named ``nn.Sequential``s."""
+
+from trainables.models.features import feature_names, forward_features
+from trainables.models.layers import Normalize
+from trainables.models.resnets import PreActBlock
+from trainables.models.zoo import CERTIFIABLE_MODELS, MODELS, build_model
+
+__all__ = [
+    "CERTIFIABLE_MODELS",
+    "MODELS",
+    "Normalize",
+    "PreActBlock",
+    "build_model",
+    "feature_names",
+    "forward_features",
+]

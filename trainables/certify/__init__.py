@@ -1,0 +1,1 @@
+"""Verifiers used for evaluation (exact MILP now; smoothing, Lipschitz and attacks later)."""

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from random_networks import FAMILIES, random_box, random_network
+from random_networks import FAMILIES, random_box, random_network, randomize_batchnorm
 
 from trainables.attacks import pgd_minimize
 from trainables.bounds import METHODS, compute_bounds, margin_spec
+from trainables.models import CERTIFIABLE_MODELS, build_model
 
 SEEDS = range(4)
 SHAPES = {"mlp": (1, 4, 4), "mlp_bn": (2, 3, 3)}
@@ -102,13 +103,8 @@ def test_train_mode_batchnorm_uses_the_reference_batch_statistics(method):
     assert all(torch.equal(a, b) for a, b in zip(running, after, strict=True)), "stats updated"
 
     frozen = random_network("cnn_bn_pool", 3)  # same seed: same weights, eval mode
-    activation = x
     with torch.no_grad():
-        for layer in frozen:
-            if isinstance(layer, torch.nn.BatchNorm2d):
-                layer.running_mean.copy_(activation.mean(dim=(0, 2, 3)))
-                layer.running_var.copy_(activation.var(dim=(0, 2, 3), unbiased=False))
-            activation = layer(activation)
+        _freeze_batchnorm_at(frozen, x)
     frozen_lb, frozen_ub = compute_bounds(frozen, lower, upper, method)
     torch.testing.assert_close(lb, frozen_lb)
     torch.testing.assert_close(ub, frozen_ub)
@@ -130,3 +126,35 @@ def test_float32_bounds_are_sound_up_to_rounding(method):
         )
     assert lb.dtype == torch.float32
     assert (values >= lb - 1e-5).all() and (values <= ub + 1e-5).all()
+
+
+@pytest.mark.parametrize("name", CERTIFIABLE_MODELS)
+@pytest.mark.parametrize("method", METHODS)
+def test_zoo_models_are_bounded_soundly(name, method):
+    """The architectures users train, at small widths, in eval and train mode."""
+    options = {"cnn7": {"width": 2, "linear_size": 8}, "cnn7_tin": {"width": 2, "linear_size": 8}}
+    torch.manual_seed(0)
+    model = build_model(name, (1, 8, 8), 4, mean=[0.3], std=[0.4], **options.get(name, {}))
+    model = model.double()
+    randomize_batchnorm(model, torch.Generator().manual_seed(0))
+    x, lower, upper = random_box(0, batch=4, shape=(1, 8, 8), max_eps=0.05)
+    for training in (False, True):
+        model.train(training)
+        with torch.no_grad():
+            lb, ub = compute_bounds(model, lower, upper, method, bn_reference=x)
+            model.eval()
+            if training:  # train-mode bounds hold for the network frozen at x's statistics
+                _freeze_batchnorm_at(model, x)
+            points = _sampled_points(lower, upper, 200, 0)
+            outputs = torch.stack([model(p) for p in points])
+        assert (outputs >= lb - TOLERANCE).all() and (outputs <= ub + TOLERANCE).all()
+
+
+def _freeze_batchnorm_at(model, x):
+    activation = x
+    for layer in model:
+        if isinstance(layer, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
+            dims = [0, *range(2, activation.dim())]
+            layer.running_mean.copy_(activation.mean(dim=dims))
+            layer.running_var.copy_(activation.var(dim=dims, unbiased=False))
+        activation = layer(activation)

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from trainables.bounds.interval import interval_bounds
-from trainables.bounds.lirpa import lirpa_bounds
 from trainables.bounds.linear import DEFAULT_CHUNK_ELEMENTS, crown_bounds, crown_ibp_bounds
+from trainables.bounds.lirpa import lirpa_bounds
 from trainables.bounds.ops import linearize
 from trainables.bounds.spec import margin_spec
 
@@ -56,7 +56,9 @@ def compute_bounds(
     reference = (x_lower + x_upper) / 2 if bn_reference is None else bn_reference
     ops, output = linearize(model, reference)
     if C is not None and output[0].numel() != C.shape[2]:
-        raise ValueError(f"C has {C.shape[2]} columns but the model has {output[0].numel()} outputs")
+        raise ValueError(
+            f"C has {C.shape[2]} columns but the model has {output[0].numel()} outputs"
+        )
     if method == "ibp":
         return interval_bounds(ops, x_lower, x_upper, C)
     if method == "crown-ibp":
@@ -122,8 +124,7 @@ def _check_inputs(x_lower: Tensor, x_upper: Tensor, method: str, backend: str) -
 def _check_spec(C: Tensor, x_lower: Tensor) -> None:
     if C.dim() != 3 or C.shape[0] != x_lower.shape[0]:
         raise ValueError(
-            f"C must have shape [batch={x_lower.shape[0]}, specs, outputs], "
-            f"got {tuple(C.shape)}"
+            f"C must have shape [batch={x_lower.shape[0]}, specs, outputs], got {tuple(C.shape)}"
         )
 
 

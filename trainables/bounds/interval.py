@@ -62,4 +62,3 @@ def apply_spec(C: Tensor, low: Tensor, high: Tensor) -> Interval:
     out_centre = torch.einsum("bso,bo->bs", C, centre)
     out_radius = torch.einsum("bso,bo->bs", C.abs(), radius)
     return out_centre - out_radius, out_centre + out_radius
-

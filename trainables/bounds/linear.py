@@ -70,7 +70,9 @@ def backward_lower_bound(
             relax = relaxations[relu_index]
             positive, negative = A.clamp(min=0), A.clamp(max=0)
             bias = bias + _contract(negative, relax.upper_intercept)
-            A = positive * relax.lower_slope.unsqueeze(1) + negative * relax.upper_slope.unsqueeze(1)
+            A = positive * relax.lower_slope.unsqueeze(1) + negative * relax.upper_slope.unsqueeze(
+                1
+            )
         else:
             A, shift = op.backward(A)
             bias = bias + shift
@@ -157,7 +159,10 @@ def crown_relu_bounds(
             _, later = propagate_intervals(ops, low, high, start=position)
             for j, (new_low, new_high) in enumerate(later[1:], start=k + 1):
                 old_low, old_high = relu_bounds[j]
-                relu_bounds[j] = (torch.maximum(old_low, new_low), torch.minimum(old_high, new_high))
+                relu_bounds[j] = (
+                    torch.maximum(old_low, new_low),
+                    torch.minimum(old_high, new_high),
+                )
         relaxations.append(ReLURelaxation.from_bounds(*relu_bounds[k]))
     return relu_bounds
 

@@ -188,21 +188,31 @@ def flatten_sequential(model: nn.Module) -> Iterator[nn.Module]:
 def linearize(model: nn.Sequential, reference: Tensor) -> tuple[list[Op], Tensor]:
     """Build the op list of ``model``, tracing shapes (and BatchNorm statistics) on ``reference``.
 
-    Returns the ops and the output of the traced forward pass on ``reference``.
+    Returns the ops and the output of the traced forward pass (on the first sample only
+    when no layer needs batch statistics).
 
     ``reference`` is a batch in the model's input shape. BatchNorm layers that use batch
     statistics (train mode, or no running statistics) take them from this batch's forward
     pass, without updating the running statistics; eval-mode BatchNorm uses the running ones.
     """
+    layers = list(flatten_sequential(model))
+    if not any(_uses_batch_statistics(layer) for layer in layers):
+        reference = reference[:1]  # only shapes are traced: one sample is enough
     ops: list[Op] = []
     activation = reference
-    for index, layer in enumerate(flatten_sequential(model)):
+    for index, layer in enumerate(layers):
         op = _layer_op(layer, activation, index)
         if op is None:
             continue
         activation = torch.relu(activation) if isinstance(op, ReLUOp) else op.forward(activation)
         ops.append(op)
     return ops, activation
+
+
+def _uses_batch_statistics(layer: nn.Module) -> bool:
+    return isinstance(layer, nn.BatchNorm1d | nn.BatchNorm2d) and (
+        layer.training or not layer.track_running_stats
+    )
 
 
 def _layer_op(layer: nn.Module, activation: Tensor, index: int) -> Op | None:
@@ -286,7 +296,7 @@ def _batchnorm_op(
         raise UnsupportedLayerError(f"{where}: BatchNorm1d is supported on [batch, features]")
     if isinstance(layer, nn.BatchNorm2d):
         _expect_dims(activation, 4, where)
-    if layer.training or not layer.track_running_stats:
+    if _uses_batch_statistics(layer):
         reduce = [0, *range(2, activation.dim())]
         mean = activation.mean(dim=reduce)
         var = activation.var(dim=reduce, unbiased=False)

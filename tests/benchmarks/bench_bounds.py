@@ -8,8 +8,8 @@ memory peak (CPU: max RSS growth; GPU: torch.cuda.max_memory_allocated) is its o
 
 Full CROWN at batch 8: by default one backward chunk is timed per ReLU layer and the total
 is projected from the measured unstable-neuron counts (printed as a projection); with
-``--full-crown`` the whole computation runs (minutes on a GPU, about an hour on 2 CPU cores
-for a randomly initialised CNN7, whose neurons are nearly all unstable).
+``--full-crown`` the whole computation runs (projected at about 3 hours on 2 CPU cores for
+a randomly initialised CNN7, whose neurons are nearly all unstable; meant for a GPU).
 """
 
 from __future__ import annotations

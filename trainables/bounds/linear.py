@@ -137,8 +137,11 @@ def crown_relu_bounds(
     * Each backward pass carries ``rows`` neurons at once (both signs); ``rows`` is chosen so
       that one coefficient tensor ``[batch, 2 rows, *widest_layer_shape]`` has at most
       ``chunk_elements`` entries. Time grows with (unstable neurons) x (cost of a backward
-      pass through the layers below them), i.e. roughly quadratically in depth; on CNN7 at
-      32x32 this is minutes on a CPU for a batch of 8 and is meant for evaluation only.
+      pass through the layers below them). The coefficients are dense, so each neuron pays
+      for full-image transposed convolutions: a randomly initialised CNN7 at 32x32 (about
+      160k unstable neurons for 8 images) projects to about 3 hours on 2 CPU cores
+      (tests/benchmarks/bench_bounds.py); certifiably trained and small networks have far
+      fewer unstable neurons. Meant for evaluation, preferably on a GPU.
     * A prefix without an earlier ReLU and with at most one non-diagonal affine layer is
       bounded exactly by IBP, so no backward pass is spent there.
     * New bounds are intersected with the IBP bounds (both are sound), and IBP is re-run from

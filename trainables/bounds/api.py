@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -11,8 +10,9 @@ from torch import Tensor, nn
 from trainables.bounds.interval import interval_bounds
 from trainables.bounds.linear import DEFAULT_CHUNK_ELEMENTS, crown_bounds, crown_ibp_bounds
 from trainables.bounds.lirpa import lirpa_bounds
-from trainables.bounds.ops import linearize
+from trainables.bounds.ops import BatchStatistics, linearize
 from trainables.bounds.spec import margin_spec
+from trainables.models.modes import eval_mode
 
 Method = Literal["ibp", "crown-ibp", "crown"]
 METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "crown")
@@ -27,6 +27,7 @@ def compute_bounds(
     C: Tensor | None = None,
     *,
     bn_reference: Tensor | None = None,
+    bn_statistics: BatchStatistics | None = None,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     backend: Literal["native", "auto_lirpa"] = "native",
 ) -> tuple[Tensor, Tensor]:
@@ -43,6 +44,8 @@ def compute_bounds(
         bn_reference: the batch whose statistics BatchNorm layers in train mode use (the
             clean batch of the training step); default: the box centre. Running statistics
             are never updated here. Eval-mode BatchNorm uses its running statistics.
+        bn_statistics: ``(mean, biased var)`` per BatchNorm module, used instead of
+            ``bn_reference``'s statistics by train-mode BatchNorm (no extra forward pass).
         chunk_elements: memory cap of full CROWN (see ``linear.DEFAULT_CHUNK_ELEMENTS``).
         backend: "native" (certsweep's own bounds) or "auto_lirpa" (needs auto_LiRPA >= 0.5).
 
@@ -54,7 +57,7 @@ def compute_bounds(
     if backend == "auto_lirpa":
         return lirpa_bounds(model, x_lower, x_upper, method, C)
     reference = (x_lower + x_upper) / 2 if bn_reference is None else bn_reference
-    ops, output = linearize(model, reference)
+    ops, output = linearize(model, reference, bn_statistics)
     if C is not None and output[0].numel() != C.shape[2]:
         raise ValueError(
             f"C has {C.shape[2]} columns but the model has {output[0].numel()} outputs"
@@ -82,22 +85,12 @@ def certify(
     """
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         num_classes = model(x[:1]).shape[-1]
         C = margin_spec(y, num_classes, dtype=x.dtype)
         lower, upper = (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
         lb, _ = compute_bounds(model, lower, upper, method, C, **bound_options)
     return (lb > 0).all(dim=1)
-
-
-@contextmanager
-def _eval_mode(model: nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _check_inputs(x_lower: Tensor, x_upper: Tensor, method: str, backend: str) -> None:

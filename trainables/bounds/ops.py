@@ -15,7 +15,7 @@ and BatchNorm in train mode can use the statistics of this call's reference batc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -185,23 +185,32 @@ def flatten_sequential(model: nn.Module) -> Iterator[nn.Module]:
             yield child
 
 
-def linearize(model: nn.Sequential, reference: Tensor) -> tuple[list[Op], Tensor]:
+#: Batch statistics ``(mean, biased variance)`` per BatchNorm layer, e.g. captured from the
+#: clean forward pass of a training step (see ``trainables.training.batchnorm``).
+BatchStatistics = Mapping[nn.Module, tuple[Tensor, Tensor]]
+
+
+def linearize(
+    model: nn.Sequential, reference: Tensor, statistics: BatchStatistics | None = None
+) -> tuple[list[Op], Tensor]:
     """Build the op list of ``model``, tracing shapes (and BatchNorm statistics) on ``reference``.
 
     Returns the ops and the output of the traced forward pass (on the first sample only
-    when no layer needs batch statistics).
+    when no layer needs statistics from ``reference``).
 
     ``reference`` is a batch in the model's input shape. BatchNorm layers that use batch
-    statistics (train mode, or no running statistics) take them from this batch's forward
-    pass, without updating the running statistics; eval-mode BatchNorm uses the running ones.
+    statistics (train mode, or no running statistics) take them from ``statistics`` when it
+    has an entry for the layer, else from this batch's forward pass, never updating the
+    running statistics; eval-mode BatchNorm uses the running ones.
     """
     layers = list(flatten_sequential(model))
-    if not any(_uses_batch_statistics(layer) for layer in layers):
+    statistics = statistics or {}
+    if not any(_uses_batch_statistics(layer) and layer not in statistics for layer in layers):
         reference = reference[:1]  # only shapes are traced: one sample is enough
     ops: list[Op] = []
     activation = reference
     for index, layer in enumerate(layers):
-        op = _layer_op(layer, activation, index)
+        op = _layer_op(layer, activation, index, statistics)
         if op is None:
             continue
         activation = torch.relu(activation) if isinstance(op, ReLUOp) else op.forward(activation)
@@ -215,7 +224,9 @@ def _uses_batch_statistics(layer: nn.Module) -> bool:
     )
 
 
-def _layer_op(layer: nn.Module, activation: Tensor, index: int) -> Op | None:
+def _layer_op(
+    layer: nn.Module, activation: Tensor, index: int, statistics: BatchStatistics
+) -> Op | None:
     where = f"layer {index} ({type(layer).__name__})"
     if isinstance(layer, nn.Identity):
         return None
@@ -243,7 +254,7 @@ def _layer_op(layer: nn.Module, activation: Tensor, index: int) -> Op | None:
     if isinstance(layer, nn.AvgPool2d):
         return _avgpool_op(layer, activation, where)
     if isinstance(layer, nn.BatchNorm1d | nn.BatchNorm2d):
-        return _batchnorm_op(layer, activation, where)
+        return _batchnorm_op(layer, activation, where, statistics.get(layer))
     if isinstance(layer, Normalize):
         _expect_dims(activation, 4, where)
         return ChannelAffineOp(layer.scale, layer.shift, spatial_dims=2)
@@ -288,15 +299,23 @@ def _avgpool_op(layer: nn.AvgPool2d, activation: Tensor, where: str) -> ConvOp:
 
 
 def _batchnorm_op(
-    layer: nn.BatchNorm1d | nn.BatchNorm2d, activation: Tensor, where: str
+    layer: nn.BatchNorm1d | nn.BatchNorm2d,
+    activation: Tensor,
+    where: str,
+    given: tuple[Tensor, Tensor] | None,
 ) -> ChannelAffineOp:
-    """BatchNorm as a per-channel affine map with the statistics PyTorch would use."""
+    """BatchNorm as a per-channel affine map with the statistics PyTorch would use.
+
+    ``given`` replaces the batch statistics of ``activation`` (train mode only).
+    """
     spatial_dims = activation.dim() - 2
     if isinstance(layer, nn.BatchNorm1d) and spatial_dims != 0:
         raise UnsupportedLayerError(f"{where}: BatchNorm1d is supported on [batch, features]")
     if isinstance(layer, nn.BatchNorm2d):
         _expect_dims(activation, 4, where)
-    if _uses_batch_statistics(layer):
+    if _uses_batch_statistics(layer) and given is not None:
+        mean, var = given
+    elif _uses_batch_statistics(layer):
         reduce = [0, *range(2, activation.dim())]
         mean = activation.mean(dim=reduce)
         var = activation.var(dim=reduce, unbiased=False)

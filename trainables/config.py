@@ -1,0 +1,253 @@
+"""The training configuration: one typed, validated object for every knob of a run.
+
+Nested groups read naturally in YAML; search spaces produce flat dicts, so every key also
+has a dotted form (``optim.lr``, ``method.alpha``). Both forms meet in ``load_config``, and
+any unknown key or bad value becomes one ``ConfigError`` that names the key path (and the
+file) before anything runs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CERTIFIED_METHODS = ("ibp", "crown-ibp", "cc-ibp", "mtl-ibp", "exp-ibp", "sabr")
+ADVERSARIAL_METHODS = ("pgd-at", "trades")
+METHODS = ("standard", *CERTIFIED_METHODS, *ADVERSARIAL_METHODS)
+#: Methods whose loss uses a PGD attack during training.
+ATTACKING_METHODS = ("cc-ibp", "mtl-ibp", "exp-ibp", "sabr", *ADVERSARIAL_METHODS)
+
+
+class ConfigError(ValueError):
+    """A training config is invalid; the message names every bad key path and the source."""
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(_Group):
+    name: str = "digits"
+    root: str | None = Field(None, description="data directory (default: $CERTSWEEP_DATA)")
+    val_size: float = Field(0.1, gt=0, lt=1, description="fraction of train held out")
+    augment: bool = False
+    download: bool = False
+    options: dict[str, Any] = Field(default_factory=dict, description="loader-specific")
+
+
+class ModelConfig(_Group):
+    name: str = "cnn_small"
+    options: dict[str, Any] = Field(default_factory=dict, description="e.g. width")
+
+
+class OptimConfig(_Group):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(5e-4, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    grad_clip: float | None = Field(10.0, gt=0, description="max grad norm; null: off")
+    schedule: Literal["constant", "milestones", "cosine"] = "milestones"
+    milestones: list[float] = Field(
+        default_factory=lambda: [0.75, 0.9],
+        description="epochs (>= 1) or fractions of the run (< 1) where lr *= decay",
+    )
+    decay: float = Field(0.2, gt=0, le=1)
+
+    @field_validator("milestones")
+    @classmethod
+    def _positive_sorted(cls, value: list[float]) -> list[float]:
+        if any(m <= 0 for m in value) or value != sorted(value):
+            raise ValueError(f"milestones must be positive and increasing, got {value}")
+        return value
+
+
+class MethodConfig(_Group):
+    name: Literal[METHODS] = "cc-ibp"  # type: ignore[valid-type]
+    alpha: float = Field(0.5, ge=0, le=1, description="cc/mtl/exp-ibp: weight of the bound")
+    sabr_lambda: float = Field(0.4, gt=0, le=1, description="sabr: box radius / eps")
+    kappa_start: float = Field(0.0, ge=0, le=1, description="crown-ibp: IBP weight at eps=0")
+    kappa_end: float = Field(1.0, ge=0, le=1, description="crown-ibp: IBP weight at eps_max")
+    trades_beta: float = Field(6.0, ge=0, le=100)
+    train_eps_factor: float = Field(1.0, gt=0, le=10, description="bound box = eps x this")
+    attack_eps_factor: float = Field(1.0, gt=0, le=10, description="attack box = eps x this")
+    l1: float = Field(0.0, ge=0, le=1, description="L1 penalty on conv/linear weights")
+
+
+class AttackConfig(_Group):
+    """The PGD attack inside training (the evaluation attack is ``eval.pgd_*``)."""
+
+    steps: int = Field(8, ge=1, le=1000)
+    restarts: int = Field(1, ge=1, le=100)
+    step_size: float | None = Field(
+        None, gt=0, le=2, description="relative to the box half-width; null: 2.5 / steps"
+    )
+    loss: Literal["ce", "margin"] = "ce"
+
+
+class EpsScheduleConfig(_Group):
+    kind: Literal["smoothed", "linear", "constant"] = "smoothed"
+    start: int = Field(1, ge=1, description="1-based epoch where the ramp begins")
+    length: int = Field(20, ge=1, description="ramp length in epochs")
+
+
+class WarmupConfig(_Group):
+    """Shi et al.'s warm-up regularisers (certified methods only, during the eps ramp)."""
+
+    weight: float = Field(0.5, ge=0, le=100, description="lambda0; 0 turns them off")
+    tau: float = Field(0.5, gt=0, le=10)
+    terms: list[Literal["tightness", "relu"]] = Field(default_factory=lambda: ["tightness", "relu"])
+
+
+class EvalConfig(_Group):
+    verifier: Literal["ibp", "crown-ibp", "crown"] = "crown-ibp"
+    split: Literal["val", "test"] = "val"
+    subset: int | None = Field(None, ge=1, description="first N examples of the split")
+    pgd_steps: int = Field(20, ge=0, le=10000, description="0: no PGD evaluation")
+    pgd_restarts: int = Field(1, ge=1, le=100)
+    every: int = Field(1, ge=1, description="evaluate every N epochs (and at the end)")
+    batch_size: int = Field(256, ge=1)
+    final_verifier: Literal["ibp", "crown-ibp", "crown"] = "crown"
+    final_split: Literal["val", "test"] = "test"
+    final_subset: int | None = Field(None, ge=1)
+
+
+class CheckpointConfig(_Group):
+    dir: str | None = Field(None, description="where checkpoints go; null: none are written")
+    every: int = Field(1, ge=1, description="write every N epochs (and at the end)")
+    resume: bool = Field(True, description="continue from dir's checkpoint if there is one")
+
+
+class TrainConfig(_Group):
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    eps: float = Field(0.1, ge=0, le=1, description="train eps (L-inf, pixels in [0, 1])")
+    test_eps: float | None = Field(None, ge=0, le=1, description="null: same as eps")
+    epochs: int = Field(10, ge=1, le=100000)
+    batch_size: int = Field(64, ge=1)
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    init: Literal["default", "shi"] = "shi"
+    bn_stats: Literal["clean", "own"] = Field(
+        "clean",
+        description="clean: every training pass normalises with the clean batch's statistics;"
+        " own: each forward pass with its own batch's",
+    )
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    eps_schedule: EpsScheduleConfig = Field(default_factory=EpsScheduleConfig)
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _ramp_fits(self) -> TrainConfig:
+        schedule = self.eps_schedule
+        if schedule.kind != "constant" and schedule.start > self.epochs:
+            raise ValueError(
+                f"eps_schedule.start={schedule.start} is after the last epoch ({self.epochs})"
+            )
+        return self
+
+    @property
+    def eval_eps(self) -> float:
+        return self.eps if self.test_eps is None else self.test_eps
+
+    def flat(self) -> dict[str, Any]:
+        """The config as a flat dict with dotted keys (the inverse of ``load_config``)."""
+        return flatten(self.model_dump())
+
+
+def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; free-form ``options`` dicts are flattened too."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge dotted keys into nested dicts; plain nested values are kept as they are."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = str(key).split(".")
+        node = nested
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"config key {key!r}: {where!r} is a value, not a group")
+            node = child
+        leaf = parts[-1]
+        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
+            node[leaf].update(unflatten(value))
+        else:
+            node[leaf] = unflatten(value) if isinstance(value, Mapping) else value
+    return nested
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """Build a validated ``TrainConfig`` from a YAML file, a (flat or nested) dict, or nothing.
+
+    ``overrides`` (dotted keys, e.g. from ``--set`` or a search space) are applied last.
+    """
+    where = "the config"
+    if source is None:
+        data: dict[str, Any] = {}
+    elif isinstance(source, Mapping):
+        data = unflatten(source)
+    else:
+        where = str(source)
+        data = _read_yaml(Path(source))
+    if overrides:
+        data = unflatten({**flatten(data), **overrides})
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, where)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return unflatten(data)
+
+
+def _describe(err: ValidationError, where: str) -> str:
+    lines = [f"invalid training config in {where}:"]
+    for problem in err.errors():
+        path = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"  {path}: unknown key")
+            continue
+        given = f" (got {problem['input']!r})" if "input" in problem else ""
+        lines.append(f"  {path}: {problem['msg']}{given}")
+    return "\n".join(lines)

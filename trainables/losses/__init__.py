@@ -1,0 +1,1 @@
+"""Loss functions of certified and adversarial training, written on margins and logits."""

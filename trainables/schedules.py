@@ -1,0 +1,110 @@
+"""Schedules stepped during training: eps (per batch), loss mixing, and the learning rate.
+
+The smoothed eps schedule is Shi et al. (2021)'s; see shared notes ``methods.md``. Steps
+count batches from 0 over the whole run, so a resumed run only needs the step index.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, MultiStepLR
+
+from trainables.config import OptimConfig
+
+
+@dataclass(frozen=True)
+class EpsSchedule:
+    """eps at a global batch index ``t`` (0-based).
+
+    ``smoothed``: 0 before ``init``; ``a (t - init)^4`` up to ``mid``; linear to ``eps_max``
+    at ``final``; held after. ``a`` makes the slope continuous at ``mid``.
+    ``linear``: 0 before ``init``, linear to ``eps_max`` at ``final``. ``constant``: always
+    ``eps_max``. ``init = (start - 1) E``, ``final = (start + length - 1) E``,
+    ``mid = init + floor(0.25 (final - init))`` with ``E`` batches per epoch.
+    """
+
+    eps_max: float
+    batches_per_epoch: int
+    start: int = 1
+    length: int = 20
+    kind: Literal["smoothed", "linear", "constant"] = "smoothed"
+
+    def __post_init__(self) -> None:
+        if self.batches_per_epoch < 1 or self.start < 1 or self.length < 1:
+            raise ValueError(
+                "need batches_per_epoch, start and length >= 1, got "
+                f"{self.batches_per_epoch}, {self.start}, {self.length}"
+            )
+
+    @property
+    def init(self) -> int:
+        return (self.start - 1) * self.batches_per_epoch
+
+    @property
+    def final(self) -> int:
+        return (self.start + self.length - 1) * self.batches_per_epoch
+
+    @property
+    def mid(self) -> int:
+        return self.init + math.floor(0.25 * (self.final - self.init))
+
+    def __call__(self, t: int) -> float:
+        if self.kind == "constant" or t >= self.final:
+            return self.eps_max
+        if t <= self.init:
+            return 0.0
+        if self.kind == "linear":
+            return self.eps_max * (t - self.init) / (self.final - self.init)
+        ramp, head = self.final - self.mid, self.mid - self.init
+        if head == 0:  # ramps shorter than 4 batches: the linear part is all there is
+            return self.eps_max * (t - self.init) / (self.final - self.init)
+        a = self.eps_max / (ramp * 4 * head**3 + head**4)
+        if t <= self.mid:
+            return a * (t - self.init) ** 4
+        eps_mid = a * head**4
+        return eps_mid + (self.eps_max - eps_mid) * (t - self.mid) / ramp
+
+
+def ramp_fraction(eps: float, eps_max: float) -> float:
+    """``eps / eps_max`` in [0, 1] (1 when there is no ramp because ``eps_max`` is 0)."""
+    return 1.0 if eps_max <= 0 else min(max(eps / eps_max, 0.0), 1.0)
+
+
+def warmup_weight(lambda0: float, eps: float, eps_max: float) -> float:
+    """Weight of Shi et al.'s warm-up regularisers: ``lambda0 (1 - eps_t / eps_max)``."""
+    return lambda0 * (1.0 - ramp_fraction(eps, eps_max))
+
+
+def kappa(start: float, end: float, eps: float, eps_max: float) -> float:
+    """CROWN-IBP's IBP weight, interpolated linearly with the eps ramp (Zhang et al. 2020)."""
+    return start + (end - start) * ramp_fraction(eps, eps_max)
+
+
+def build_optimizer(params, config: OptimConfig) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD (with momentum) as configured."""
+    if config.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    optimizer = torch.optim.AdamW if config.name == "adamw" else torch.optim.Adam
+    return optimizer(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, config: OptimConfig, epochs: int
+) -> LRScheduler:
+    """A per-epoch learning-rate schedule; fractional milestones are fractions of ``epochs``."""
+    if config.schedule == "cosine":
+        return CosineAnnealingLR(optimizer, T_max=epochs)
+    if config.schedule == "milestones":
+        milestones = sorted({_milestone_epoch(m, epochs) for m in config.milestones})
+        return MultiStepLR(optimizer, milestones=milestones, gamma=config.decay)
+    return LambdaLR(optimizer, lambda _: 1.0)
+
+
+def _milestone_epoch(milestone: float, epochs: int) -> int:
+    return round(milestone * epochs) if milestone < 1 else round(milestone)

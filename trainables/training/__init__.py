@@ -1,0 +1,1 @@
+"""The certified training loop (Ray-free): methods, checkpoints, DDP, callbacks."""

@@ -1,0 +1,74 @@
+"""The "clean" BatchNorm convention: every pass of a training step uses the clean statistics.
+
+A certified-training step runs several forward passes (clean, adversarial, bounds). With
+the ``clean`` convention (the config's ``bn_stats``) all of them normalise with the mean
+and biased variance of the clean batch, captured from the clean forward pass, and only that
+pass updates the running statistics. The bounds receive the captured statistics through
+``compute_bounds(bn_statistics=...)``, so they need no extra forward pass. Gradients flow
+through the captured statistics, as they do in a plain train-mode forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+Statistics = dict[nn.Module, tuple[Tensor, Tensor]]
+
+
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextmanager
+def capture_statistics(model: nn.Module) -> Iterator[Statistics]:
+    """Record ``(mean, biased var)`` of every train-mode BatchNorm's input during the block."""
+    statistics: Statistics = {}
+
+    def record(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        if module.training:
+            x = inputs[0]
+            dims = [0, *range(2, x.dim())]
+            statistics[module] = (x.mean(dim=dims), x.var(dim=dims, unbiased=False))
+
+    handles = [bn.register_forward_pre_hook(record) for bn in _batchnorms(model)]
+    try:
+        yield statistics
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def normalise_with(model: nn.Module, statistics: Statistics) -> Iterator[None]:
+    """Within the block, BatchNorms in ``statistics`` use those statistics, updating nothing."""
+    patched = []
+    for bn in _batchnorms(model):
+        if bn in statistics:
+            mean, var = statistics[bn]
+            bn.forward = _fixed_statistics_forward(bn, mean, var)  # type: ignore[method-assign]
+            patched.append(bn)
+    try:
+        yield
+    finally:
+        for bn in patched:
+            del bn.forward  # back to the class's forward
+
+
+def _fixed_statistics_forward(bn: nn.Module, mean: Tensor, var: Tensor):
+    """Affine normalisation written out: ``F.batch_norm`` rejects statistics with gradients."""
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+
+    def forward(x: Tensor) -> Tensor:
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        return x * scale.view(shape) + shift.view(shape)
+
+    return forward

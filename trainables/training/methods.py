@@ -1,0 +1,226 @@
+"""One training step's loss for every method: standard, certified (IBP family) and adversarial.
+
+Every step starts with the clean forward pass (through the DDP wrapper when distributed, so
+DDP sees exactly one forward per step); it updates the BatchNorm running statistics and,
+under the ``clean`` convention, supplies the statistics every other pass uses
+(``batchnorm.py``). Attacks run with the model in eval mode (``attacks.classification``).
+Certified methods bound the margins ``C f(x)`` on the training box
+``B(x, eps_t * train_eps_factor)``; the attack box is ``B(x, eps_t * attack_eps_factor)``.
+
+A step returns additive loss terms: the total is exactly their sum, and the loop logs each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainables.attacks.classification import linf_box, pgd_attack
+from trainables.bounds.interval import fold_spec, propagate_intervals
+from trainables.bounds.linear import ReLURelaxation, backward_lower_bound
+from trainables.bounds.ops import AffineOp, DenseOp, linearize
+from trainables.bounds.spec import margin_spec
+from trainables.config import TrainConfig
+from trainables.losses.adversarial import trades_kl
+from trainables.losses.certified import (
+    cc_ibp_loss,
+    exp_ibp_loss,
+    l1_penalty,
+    margin_cross_entropy,
+    margins_of,
+    mtl_ibp_loss,
+    sabr_box,
+)
+from trainables.losses.regularizers import relu_balance_term, tightness_term
+from trainables.schedules import kappa, warmup_weight
+from trainables.training.batchnorm import Statistics, capture_statistics, normalise_with
+
+#: Smallest bound radius: at eps_t = 0 the bounds (and the warm-up terms) still exist.
+MIN_BOUND_EPS = 1e-6
+
+
+@dataclass
+class StepOutput:
+    """The loss of one step, its additive parts and what the loop logs besides."""
+
+    terms: dict[str, Tensor]  # additive: total == sum(terms.values())
+    logits: Tensor  # clean logits (train accuracy)
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> Tensor:
+        return sum(self.terms.values())
+
+
+@dataclass
+class MarginBounds:
+    ibp: Tensor  # [batch, classes - 1] IBP lower bounds of the margins
+    crown_ibp: Tensor | None
+    relu_inputs: list[tuple[Tensor, Tensor]]  # IBP pre-activation bounds per ReLU layer
+    input_box: tuple[Tensor, Tensor]  # the box as the first weight layer sees it
+
+
+def margin_bounds(
+    model: nn.Sequential,
+    lower: Tensor,
+    upper: Tensor,
+    C: Tensor,
+    statistics: Statistics | None,
+    with_crown_ibp: bool = False,
+) -> MarginBounds:
+    """IBP (and optionally CROWN-IBP) lower bounds of ``C f`` plus what the regularisers need.
+
+    Only lower bounds are computed: a CROWN-IBP backward pass for one side costs half of the
+    two-sided ``compute_bounds``.
+    """
+    ops, _ = linearize(model, (lower + upper) / 2, statistics)
+    last = ops[-1]
+    if not isinstance(last, DenseOp):
+        raise ValueError("certified training needs a model that ends with a Linear layer")
+    (low, high), relu_inputs = propagate_intervals(ops[:-1], lower, upper)
+    ibp, _ = fold_spec(C, last, low, high)
+    crown_ibp = None
+    if with_crown_ibp:
+        relaxations = [ReLURelaxation.from_bounds(a, b) for a, b in relu_inputs]
+        centre, radius = (upper + lower) / 2, (upper - lower) / 2
+        crown_ibp = backward_lower_bound(ops, C, relaxations, centre, radius)
+    diagonal_prefix = []
+    for op in ops:
+        if not (isinstance(op, AffineOp) and op.diagonal):
+            break
+        diagonal_prefix.append(op)
+    input_box, _ = propagate_intervals(diagonal_prefix, lower, upper)
+    return MarginBounds(ibp, crown_ibp, relu_inputs, input_box)
+
+
+class MethodStep:
+    """Computes the configured method's loss for one batch (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Sequential,
+        forward: Callable[[Tensor], Tensor],
+        config: TrainConfig,
+        num_classes: int,
+        generator: torch.Generator,
+    ) -> None:
+        self.model, self.forward, self.config = model, forward, config
+        self.num_classes, self.generator = num_classes, generator
+        self.method = config.method
+
+    def __call__(self, x: Tensor, y: Tensor, eps: float) -> StepOutput:
+        with capture_statistics(self.model) as captured:
+            logits = self.forward(x)
+        statistics = captured if self.config.bn_stats == "clean" else None
+        name = self.method.name
+        if name == "standard":
+            out = StepOutput({"natural": F.cross_entropy(logits, y)}, logits)
+        elif name in ("pgd-at", "trades"):
+            out = self._adversarial(x, y, eps, logits, statistics)
+        else:
+            out = self._certified(x, y, eps, logits, statistics)
+        if self.method.l1 > 0:
+            out.terms["l1"] = self.method.l1 * l1_penalty(self.model)
+        return out
+
+    # -- adversarial training (teachers) ---------------------------------------------------
+
+    def _adversarial(
+        self, x: Tensor, y: Tensor, eps: float, logits: Tensor, statistics: Statistics | None
+    ) -> StepOutput:
+        trades = self.method.name == "trades"
+        x_adv = self._attack(
+            x, y, eps * self.method.attack_eps_factor, "trades" if trades else None
+        )
+        adv_logits = self._forward_with(x_adv, statistics)
+        if not trades:
+            return StepOutput({"robust": F.cross_entropy(adv_logits, y)}, logits)
+        terms = {
+            "natural": F.cross_entropy(logits, y),
+            "robust": self.method.trades_beta * trades_kl(logits, adv_logits),
+        }
+        return StepOutput(terms, logits)
+
+    # -- certified training ----------------------------------------------------------------
+
+    def _certified(
+        self, x: Tensor, y: Tensor, eps: float, logits: Tensor, statistics: Statistics | None
+    ) -> StepOutput:
+        method, name = self.method, self.method.name
+        eps_max = self.config.eps
+        bound_eps = max(eps * method.train_eps_factor, MIN_BOUND_EPS)
+        C = margin_spec(y, self.num_classes, dtype=x.dtype)
+        diagnostics: dict[str, float] = {}
+        x_adv = adv_loss = adv_margins = None
+        if name in ("cc-ibp", "mtl-ibp", "exp-ibp"):
+            x_adv = self._attack(x, y, eps * method.attack_eps_factor)
+            adv_logits = self._forward_with(x_adv, statistics)
+            adv_margins = margins_of(adv_logits, C)
+            adv_loss = F.cross_entropy(adv_logits, y)
+            diagnostics["adv_loss"] = adv_loss.item()
+        if name == "sabr":
+            x_adv = self._attack(x, y, bound_eps)
+            lower, upper = sabr_box(x, x_adv, bound_eps, method.sabr_lambda)
+        else:
+            lower, upper = linf_box(x, bound_eps)
+        mix = kappa(method.kappa_start, method.kappa_end, eps, eps_max)
+        bounds = margin_bounds(
+            self.model, lower, upper, C, statistics, with_crown_ibp=name == "crown-ibp" and mix < 1
+        )
+        ibp_loss = margin_cross_entropy(bounds.ibp)
+        diagnostics["ibp_loss"] = ibp_loss.item()
+        if name in ("ibp", "sabr"):
+            robust = ibp_loss
+        elif name == "crown-ibp":
+            robust = ibp_loss
+            if bounds.crown_ibp is not None:
+                crown_ibp_loss = margin_cross_entropy(bounds.crown_ibp)
+                diagnostics["crown_ibp_loss"] = crown_ibp_loss.item()
+                robust = mix * ibp_loss + (1 - mix) * crown_ibp_loss
+            diagnostics["kappa"] = mix
+        elif name == "cc-ibp":
+            robust = cc_ibp_loss(bounds.ibp, adv_margins, method.alpha)
+        elif name == "mtl-ibp":
+            robust = mtl_ibp_loss(ibp_loss, adv_loss, method.alpha)
+        else:
+            robust = exp_ibp_loss(ibp_loss, adv_loss, method.alpha)
+        terms = {"robust": robust}
+        weight = warmup_weight(self.config.warmup.weight, eps, eps_max)
+        if weight > 0:
+            terms.update(self._warmup_terms(bounds, weight))
+        return StepOutput(terms, logits, diagnostics)
+
+    def _warmup_terms(self, bounds: MarginBounds, weight: float) -> dict[str, Tensor]:
+        warmup = self.config.warmup
+        terms = {}
+        if "tightness" in warmup.terms:
+            tightness = tightness_term(bounds.input_box, bounds.relu_inputs, warmup.tau)
+            terms["warmup_tightness"] = weight * tightness
+        if "relu" in warmup.terms:
+            terms["warmup_relu"] = weight * relu_balance_term(bounds.relu_inputs, warmup.tau)
+        return terms
+
+    # -- shared pieces ---------------------------------------------------------------------
+
+    def _attack(self, x: Tensor, y: Tensor, eps: float, loss: str | None = None) -> Tensor:
+        attack = self.config.attack
+        return pgd_attack(
+            self.model,
+            x,
+            y,
+            eps,
+            steps=attack.steps,
+            restarts=attack.restarts,
+            step_size=attack.step_size,
+            loss=loss or attack.loss,
+            generator=self.generator,
+        )
+
+    def _forward_with(self, x: Tensor, statistics: Statistics | None) -> Tensor:
+        """A train-mode forward pass under the step's BatchNorm convention."""
+        with normalise_with(self.model, statistics or {}):
+            return self.model(x)

@@ -248,6 +248,6 @@ def _describe(err: ValidationError, where: str) -> str:
         if problem["type"] == "extra_forbidden":
             lines.append(f"  {path}: unknown key")
             continue
-        given = f" (got {problem['input']!r})" if "input" in problem else ""
+        given = f" (got {problem['input']!r})" if problem["loc"] and "input" in problem else ""
         lines.append(f"  {path}: {problem['msg']}{given}")
     return "\n".join(lines)

@@ -32,7 +32,8 @@ def capture_statistics(model: nn.Module) -> Iterator[Statistics]:
         if module.training:
             x = inputs[0]
             dims = [0, *range(2, x.dim())]
-            statistics[module] = (x.mean(dim=dims), x.var(dim=dims, unbiased=False))
+            var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+            statistics[module] = (mean, var)
 
     handles = [bn.register_forward_pre_hook(record) for bn in _batchnorms(model)]
     try:

@@ -4,8 +4,11 @@ When a process group is initialised (Ray Train, torchrun, or the tests' spawned 
 the loop shards data with ``DistributedSampler``, wraps the model in
 ``DistributedDataParallel`` and sums its metric counters over ranks, so every rank reports
 the same global numbers. BatchNorm: each rank normalises with its own shard's statistics
-(plain DDP); DDP broadcasts rank 0's running statistics at every forward pass, so the
-buffers, like the parameters, stay identical across ranks. Only rank 0 writes checkpoints.
+(plain DDP). DDP broadcasts rank 0's running statistics at the start of every forward pass,
+so after an epoch's last step each rank holds them updated with its own last batch; the
+loop broadcasts rank 0's buffers at the end of every epoch, so evaluation and checkpoints
+see buffers that, like the parameters, are identical across ranks. Only rank 0 writes
+checkpoints.
 """
 
 from __future__ import annotations
@@ -56,6 +59,12 @@ class Distributed:
             return model
         device_ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
+
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm running statistics) to every rank, in place."""
+        if self.enabled:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
 
     def barrier(self) -> None:
         if self.enabled:

@@ -179,6 +179,7 @@ class _Run:
             correct += int((out.logits.argmax(dim=1) == y).sum())
             for callback in self.callbacks:
                 callback.on_batch_end(self.epoch, self.step, terms)
+        self.dist.broadcast_buffers(self.model)  # each rank's last step updated its own
         seconds = time.perf_counter() - started
         keys = sorted(sums)
         totals = self.dist.sum(
@@ -232,7 +233,8 @@ class _Run:
 
         ``DistributedSampler`` also serves one process (one replica); rank r takes every
         world-size-th index of the same permutation, so the ranks' batches together are the
-        single-process batch of the same step.
+        single-process batch of the same step (when the training set size is a multiple of
+        the process count; otherwise the sampler drops the remainder).
         """
         batch, world = self.config.batch_size, self.dist.world_size
         if batch % world:

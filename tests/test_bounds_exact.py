@@ -9,7 +9,7 @@ from random_networks import random_box, random_network
 from torch import nn
 
 from trainables.attacks import pgd_minimize
-from trainables.bounds import METHODS, compute_bounds, margin_spec
+from trainables.bounds import METHODS, UnsupportedLayerError, compute_bounds, margin_spec
 from trainables.certify.milp import DenseReLUNetwork, exact_spec_minima
 
 # (family, input shape, seed, max eps): sizes keep each MILP well under a second.
@@ -146,3 +146,9 @@ def test_spec_folding_is_tighter_than_subtracting_output_bounds():
     )
     assert (folded_lb >= naive_lb - 1e-12).all()
     assert (folded_lb > naive_lb + 1e-9).any()
+
+
+def test_milp_encoding_refuses_non_affine_layers() -> None:
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 2)).eval()
+    with pytest.raises(UnsupportedLayerError, match="Tanh"):
+        DenseReLUNetwork.from_sequential(model, (2,))

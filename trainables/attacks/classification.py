@@ -31,7 +31,7 @@ def true_class_margin(logits: Tensor, labels: Tensor) -> Tensor:
     """``z_y - max_{j != y} z_j`` per sample: positive iff the prediction is correct."""
     true = logits.gather(1, labels[:, None]).squeeze(1)
     others = logits.scatter(1, labels[:, None], float("-inf"))
-    return true - others.max(dim=1).values
+    return true - others.amax(dim=1)
 
 
 def pgd_attack(

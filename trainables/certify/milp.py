@@ -21,7 +21,20 @@ from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
 
-from trainables.bounds.ops import flatten_sequential
+from trainables.bounds.ops import UnsupportedLayerError, flatten_sequential
+from trainables.models.layers import Normalize
+
+#: Layers the dense encoding treats as affine maps (everything else but ReLU is refused).
+AFFINE_LAYERS = (
+    nn.Linear,
+    nn.Conv2d,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.AvgPool2d,
+    nn.Flatten,
+    nn.Identity,
+    Normalize,
+)
 
 #: Relative widening of the float64 pre-activation intervals, against rounding.
 INTERVAL_SLACK = 1e-9
@@ -46,8 +59,12 @@ class DenseReLUNetwork:
         for layer in flatten_sequential(model):
             if isinstance(layer, nn.ReLU):
                 blocks.append([])
-            else:
+            elif isinstance(layer, AFFINE_LAYERS):
                 blocks[-1].append(copy.deepcopy(layer).double())
+            else:
+                raise UnsupportedLayerError(
+                    f"the MILP encoding supports ReLU and affine layers, got {type(layer).__name__}"
+                )
         weights, biases = [], []
         shape = tuple(input_shape)
         for block in blocks:

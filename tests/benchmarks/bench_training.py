@@ -1,6 +1,6 @@
 """Benchmark (not a test): one training step per method on CNN7 at 3x32x32, batch 32.
 
-    python tests/benchmarks/bench_training.py [--device cuda] [--rounds 5] [--steps 3]
+    python tests/benchmarks/bench_training.py [--device cuda] [--rounds 5] [--steps 3] [--threads N]
 
 A step is what the loop does per batch: the method's loss (clean pass, attack, bounds),
 backward, gradient clipping and the optimiser step, at the final eps (2/255, the CIFAR-10
@@ -49,7 +49,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="steps per method per round")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     x = torch.rand(args.batch, 3, 32, 32, device=device)

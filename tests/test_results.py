@@ -1,0 +1,411 @@
+"""The sweep's Parquet results: statuses, typed columns, atomic writes, readers, filesystems.
+
+The Tune hooks are driven with stand-in trials carrying the attributes ``ParquetSink`` reads
+from ``ray.tune.experiment.Trial`` (``trial_id``, ``config``, ``last_result``,
+``error_file``); one test runs the sink inside a real ``tune.Tuner``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from search_spaces import SearchSpace
+from sweeps import results
+from sweeps.results import (
+    SCHEMA_VERSION,
+    ParquetSink,
+    completed_trial_ids,
+    read_epochs,
+    read_trials,
+)
+
+SWEEP = "demo"
+EPOCHS = 3
+SPACE = SearchSpace(
+    name="test",
+    parameters={
+        "method": {"type": "categorical", "choices": ["ibp", "sabr"]},
+        "optim.lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
+        "data.batch_size": {"type": "int", "low": 16, "high": 256},
+        "model.bn": {"type": "categorical", "choices": [True, False]},
+        "model.width": {"type": "categorical", "choices": [64, 128]},
+        "loss.mix": {"type": "categorical", "choices": [0, 0.5, None]},
+        "loss.odd": {"type": "categorical", "choices": [1, "a"]},
+        "loss.sabr_lambda": {
+            "type": "float",
+            "low": 0.0,
+            "high": 1.0,
+            "when": {"method": "sabr"},
+        },
+        "loss.never": {"type": "int", "low": 1, "high": 4, "when": {"method": "crown"}},
+    },
+)
+CONFIG = {
+    "method": "ibp",
+    "optim.lr": 0.01,
+    "data.batch_size": 64,
+    "model.bn": False,
+    "model.width": 128,
+    "loss.mix": 0,
+    "loss.odd": 1,
+}
+
+
+@dataclass
+class FakeTrial:
+    """What Tune's callback hooks read from a ``ray.tune.experiment.Trial``."""
+
+    trial_id: str
+    config: dict[str, Any] = field(default_factory=lambda: dict(CONFIG))
+    last_result: dict[str, Any] = field(default_factory=dict)
+    error_file: str | None = None
+
+
+def epoch_result(epoch: int, **extra: Any) -> dict[str, Any]:
+    """One epoch's report as the trainable sends it, plus some of Ray's own keys."""
+    return {
+        "epoch": epoch,
+        "eps": 0.01 * epoch,
+        "lr": 0.1,
+        "loss": 1.0 / epoch,
+        "loss_ibp": 0.5 / epoch,
+        "train_clean_acc": 0.5,
+        "val_clean_acc": 0.6,
+        "val_cert_acc": 0.1 * epoch,
+        "val_pgd_acc": 0.4,
+        "seconds": 2.0,
+        "examples_per_second": 100.0,
+        "device_hours": 0.001 * epoch,
+        "status": "running",
+        "trial_id": "ignored",
+        "training_iteration": epoch,
+        "time_total_s": 7.5,
+        "pid": 123,
+        "done": False,
+        "config": {"ignored": True},
+        **extra,
+    }
+
+
+def final_result(epochs: int, history: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """The last report of a trial that ran to its end (``trainables.tune``)."""
+    final = {
+        "status": "completed",
+        "test_clean_acc": 0.55,
+        "test_cert_acc": 0.25,
+        "test_pgd_acc": 0.35,
+        "test_verifier": "crown",
+        "checkpoint_uri": "s3://bucket/ckpt",
+        "seed": 7,
+        "wall_time_s": 42.0,
+        "history_json": json.dumps(history),
+    }
+    return epoch_result(epochs, **{**final, **extra})
+
+
+def report(sink: ParquetSink, trial: FakeTrial, result: dict[str, Any]) -> None:
+    trial.last_result = result
+    sink.on_trial_result(iteration=0, trials=[trial], trial=trial, result=result)
+
+
+def run(sink: ParquetSink, trial: FakeTrial, epochs: int, **extra: Any) -> None:
+    for epoch in range(1, epochs + 1):
+        report(sink, trial, epoch_result(epoch, **extra))
+
+
+def complete(sink: ParquetSink, trial: FakeTrial) -> None:
+    sink.on_trial_complete(iteration=0, trials=[trial], trial=trial)
+
+
+def make_sink(storage: str, **kwargs: Any) -> ParquetSink:
+    return ParquetSink(storage, SWEEP, SPACE, EPOCHS, ["val_cert_acc", "score"], "v1", **kwargs)
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> str:
+    return str(tmp_path / "results")
+
+
+def by_id(storage: str) -> dict[str, dict[str, Any]]:
+    return {row["trial_id"]: row for row in read_trials(storage, SWEEP).to_dict("records")}
+
+
+def test_statuses_metrics_and_errors(storage: str, tmp_path: Path) -> None:
+    sink = make_sink(storage)
+    done = FakeTrial("t_done")
+    run(sink, done, EPOCHS)
+    history = [epoch_result(e) for e in range(1, EPOCHS + 1)]
+    report(sink, done, final_result(EPOCHS, history, nan_reason="val_pgd_acc=nan replaced"))
+    complete(sink, done)
+
+    diverged = FakeTrial("t_div")
+    run(sink, diverged, 1)
+    report(sink, diverged, final_result(1, history[:1], status="diverged"))
+    complete(sink, diverged)
+
+    pruned = FakeTrial("t_pruned")
+    run(sink, pruned, 2)
+    complete(sink, pruned)
+
+    failed = FakeTrial("t_failed", error_file=str(tmp_path / "error.txt"))
+    traceback = "\x1b[36mray::ImplicitFunc.train()\x1b[39m\n" + "x" * 3000 + "\nValueError: boom"
+    Path(failed.error_file).write_text(traceback)
+    run(sink, failed, 2)
+    sink.on_trial_error(iteration=0, trials=[failed], trial=failed)
+
+    no_file = FakeTrial("t_nofile")
+    sink.on_trial_error(iteration=0, trials=[no_file], trial=no_file)
+
+    rows = by_id(storage)
+    assert {tid: row["status"] for tid, row in rows.items()} == {
+        "t_done": "completed",
+        "t_div": "diverged",
+        "t_pruned": "pruned",
+        "t_failed": "failed",
+        "t_nofile": "failed",
+    }
+    row = rows["t_done"]
+    assert pd.isna(row["error"])
+    assert (row["epochs_run"], row["total_epochs"]) == (3, EPOCHS)
+    assert (row["test_clean_acc"], row["test_cert_acc"], row["test_pgd_acc"]) == (0.55, 0.25, 0.35)
+    assert row["val_cert_acc"] == pytest.approx(0.3)
+    assert (row["test_verifier"], row["seed"]) == ("crown", 7)
+    assert (row["wall_time_s"], row["device_hours"]) == (42.0, 0.003)
+    assert row["checkpoint_uri"] == "s3://bucket/ckpt"
+    assert row["nan_reason"] == "val_pgd_acc=nan replaced"
+    assert (row["schema_version"], row["code_version"], row["sweep"]) == (
+        SCHEMA_VERSION,
+        "v1",
+        SWEEP,
+    )
+    assert str(row["written_at"].tz) == "UTC"
+    assert json.loads(row["config_json"]) == CONFIG
+    assert math.isnan(row["score"])  # an objective column even when never reported
+    assert rows["t_div"]["epochs_run"] == 1
+    assert rows["t_pruned"]["epochs_run"] == 2
+    assert rows["t_pruned"]["wall_time_s"] == 7.5  # Ray's time_total_s as the fallback
+    assert math.isnan(rows["t_pruned"]["test_cert_acc"])
+    error = rows["t_failed"]["error"]
+    assert len(error) == results.ERROR_CHARS
+    assert error.endswith("ValueError: boom")
+    assert "\x1b" not in rows["t_failed"]["error"]
+    assert rows["t_failed"]["epochs_run"] == 2
+    assert "no error file" in rows["t_nofile"]["error"]
+    assert rows["t_nofile"]["epochs_run"] == 0
+    assert completed_trial_ids(storage, SWEEP) == {"t_done"}
+
+    epochs = read_epochs(storage, SWEEP)
+    assert epochs.groupby("trial_id").size().to_dict() == {
+        "t_div": 1,
+        "t_done": 3,
+        "t_failed": 2,
+        "t_pruned": 2,
+    }  # t_nofile's epochs file has no rows
+    assert not {"training_iteration", "pid", "done", "status", "seed"} & set(epochs)
+    assert not any(column.startswith("test_") for column in epochs)
+    last = epochs[(epochs.trial_id == "t_done") & (epochs.epoch == 3)].iloc[0]
+    assert (last["val_cert_acc"], last["device_hours"]) == (pytest.approx(0.3), 0.003)
+
+
+def test_parameter_columns_are_typed(storage: str) -> None:
+    sink = make_sink(storage)
+    sabr = FakeTrial("t_sabr", config={**CONFIG, "method": "sabr", "loss.sabr_lambda": 0.3})
+    for trial in (FakeTrial("t_ibp"), sabr):
+        run(sink, trial, 2)
+        complete(sink, trial)
+    schema = pq.read_schema(f"{storage}/{SWEEP}/trials/trial=t_ibp.parquet")
+    assert {name: schema.field(name).type for name in schema.names if "." in name} == {
+        "param.method": pa.string(),
+        "param.optim.lr": pa.float64(),
+        "param.data.batch_size": pa.int64(),
+        "param.model.bn": pa.bool_(),
+        "param.model.width": pa.int64(),
+        "param.loss.mix": pa.float64(),
+        "param.loss.odd": pa.string(),
+        "param.loss.sabr_lambda": pa.float64(),
+        "param.loss.never": pa.int64(),
+    }
+    assert schema.metadata[b"certsweep.schema_version"] == str(SCHEMA_VERSION).encode()
+    assert json.loads(schema.metadata[b"certsweep.objectives"]) == ["val_cert_acc", "score"]
+    assert schema.field("error").type == pa.string()  # null in every row, still typed
+    assert schema.field("seed").type == pa.int64()
+
+    frame = read_trials(storage, SWEEP).set_index("trial_id")
+    assert str(frame["param.data.batch_size"].dtype) == "Int64"
+    assert str(frame["param.model.bn"].dtype) == "boolean"
+    assert str(frame["param.loss.never"].dtype) == "Int64"
+    assert frame["param.loss.never"].isna().all()
+    assert frame["param.model.bn"].tolist() == [False, False]
+    assert frame.loc["t_ibp", "param.model.width"] == 128
+    assert frame.loc["t_ibp", "param.loss.mix"] == 0.0
+    assert frame.loc["t_ibp", "param.loss.odd"] == "1"  # mixed choices: JSON text
+    assert math.isnan(frame.loc["t_ibp", "param.loss.sabr_lambda"])  # inactive: null
+    assert frame.loc["t_sabr", "param.loss.sabr_lambda"] == 0.3
+
+
+def test_history_json_is_preferred_over_seen_results(storage: str) -> None:
+    """A trial resumed from its epoch-2 checkpoint reports only epoch 3 to this driver."""
+    sink = make_sink(storage)
+    trial = FakeTrial("t_resumed")
+    report(sink, trial, epoch_result(3, loss=99.0))
+    history = [{"epoch": e, "loss": 10.0 + e, "loss_ibp": 1.0} for e in range(1, 4)]
+    report(sink, trial, final_result(3, history))
+    complete(sink, trial)
+    epochs = read_epochs(storage, SWEEP)
+    assert epochs["epoch"].tolist() == [1, 2, 3]
+    assert epochs["loss"].tolist() == [11.0, 12.0, 13.0]
+    # what only the reports carried is kept for the epochs they covered
+    assert epochs["device_hours"].isna().tolist() == [True, True, False]
+    assert by_id(storage)["t_resumed"]["status"] == "completed"
+
+
+def test_writes_are_atomic_and_a_retry_replaces(
+    storage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = make_sink(storage)
+    trial = FakeTrial("t_retry")
+    run(sink, trial, 2)
+    sink.on_trial_error(iteration=0, trials=[trial], trial=trial)
+    trials_dir = Path(storage, SWEEP, "trials")
+    epochs_dir = Path(storage, SWEEP, "epochs")
+    before = {d.name: (d / "trial=t_retry.parquet").read_bytes() for d in (trials_dir, epochs_dir)}
+
+    def broken_write(table: pa.Table, where: str, filesystem: pafs.FileSystem) -> None:
+        with filesystem.open_output_stream(where) as stream:
+            stream.write(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(results.pq, "write_table", broken_write)
+    run(sink, trial, EPOCHS)
+    with pytest.raises(OSError, match="disk full"):
+        complete(sink, trial)
+    for directory in (trials_dir, epochs_dir):  # no temporary file left, the old one intact
+        assert [p.name for p in directory.iterdir()] == ["trial=t_retry.parquet"]
+        assert (directory / "trial=t_retry.parquet").read_bytes() == before[directory.name]
+    monkeypatch.undo()
+
+    complete(sink, trial)  # the retried trial now finishes: its files are replaced
+    assert sorted(p.name for p in trials_dir.iterdir()) == ["trial=t_retry.parquet"]
+    assert sorted(p.name for p in epochs_dir.iterdir()) == ["trial=t_retry.parquet"]
+    row = by_id(storage)["t_retry"]
+    assert (row["status"], row["epochs_run"]) == ("completed", 3)
+    assert pd.isna(row["error"])
+    assert read_epochs(storage, SWEEP)["epoch"].tolist() == [1, 2, 3]
+
+
+def test_epoch_files_with_different_loss_terms_read_together(storage: str) -> None:
+    sink = make_sink(storage)
+    ibp, kd = FakeTrial("t_a"), FakeTrial("t_b")
+    run(sink, ibp, 2)
+    for epoch in (1, 2):
+        result = epoch_result(epoch, loss_kd=0.2)
+        del result["loss_ibp"], result["val_cert_acc"]
+        report(sink, kd, result)
+    for trial in (ibp, kd):
+        complete(sink, trial)
+    epochs = read_epochs(storage, SWEEP)
+    assert len(epochs) == 4
+    assert epochs.groupby("trial_id")["loss_ibp"].count().to_dict() == {"t_a": 2, "t_b": 0}
+    assert epochs.groupby("trial_id")["loss_kd"].count().to_dict() == {"t_a": 0, "t_b": 2}
+    assert str(epochs["epoch"].dtype) == "Int32"
+
+
+@pytest.mark.parametrize("kind", ["relative", "file", "mock"])
+def test_storage_locations(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    storage = {"relative": "out", "file": f"file://{tmp_path}/out", "mock": "mock:///out"}[kind]
+    sink = make_sink(storage)
+    trial = FakeTrial("t_1")
+    run(sink, trial, EPOCHS)
+    complete(sink, trial)
+    # a reader needs the same mock filesystem object: a new mock:// URI is a new, empty one
+    shared = {"filesystem": sink.filesystem} if kind == "mock" else {}
+    where = "out" if kind == "mock" else storage
+    assert completed_trial_ids(where, SWEEP, **shared) == {"t_1"}
+    assert len(read_epochs(where, SWEEP, **shared)) == EPOCHS
+    if kind != "mock":
+        assert (tmp_path / "out" / SWEEP / "trials" / "trial=t_1.parquet").is_file()
+    names = [
+        info.path
+        for info in sink.filesystem.get_file_info(
+            pafs.FileSelector(sink.sweep_path, recursive=True)
+        )
+    ]
+    assert not [name for name in names if name.endswith(".tmp")]
+
+
+def test_reading_an_empty_sweep(storage: str) -> None:
+    assert read_trials(storage, SWEEP).empty
+    assert "status" in read_trials(storage, SWEEP)
+    assert read_epochs(storage, SWEEP).empty
+    assert completed_trial_ids(storage, SWEEP) == set()
+
+
+def test_pickle_and_state_keep_the_epochs_seen() -> None:
+    """Tuner pickles its callbacks (tuner.pkl) and checkpoints their state for a restore."""
+    sink = make_sink("mock:///out")
+    trial = FakeTrial("t_1")
+    run(sink, trial, 2)
+    restored = pickle.loads(pickle.dumps(sink))
+    restored.set_state(sink.get_state())
+    report(restored, trial, epoch_result(3))
+    complete(restored, trial)
+    epochs = read_epochs("out", SWEEP, filesystem=restored.filesystem)
+    assert epochs["epoch"].tolist() == [1, 2, 3]
+
+
+def test_an_objective_may_not_replace_a_bookkeeping_column() -> None:
+    with pytest.raises(ValueError, match="epochs_run"):
+        ParquetSink("out", SWEEP, SPACE, EPOCHS, ["epochs_run"], "v1")
+
+
+@pytest.fixture
+def ray_local() -> Iterator[None]:
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow  # 16-23 s on 2 shared cores, most of it starting and stopping Ray
+def test_sink_in_a_real_tuner(ray_local: None, tmp_path: Path) -> None:
+    from ray import tune
+
+    def trainable(config: dict[str, Any]) -> None:
+        """Defined here so Ray pickles it by value (workers cannot import the test module)."""
+        for epoch in range(1, EPOCHS + 1):
+            tune.report({"epoch": epoch, "loss": 1.0 / epoch, "status": "running"})
+        if config["method"] == "sabr":
+            raise RuntimeError("trial exploded")
+        history = [{"epoch": epoch, "loss": 1.0 / epoch} for epoch in range(1, EPOCHS + 1)]
+        tune.report(
+            {"epoch": EPOCHS, "status": "completed", "seed": 1, "history_json": json.dumps(history)}
+        )
+
+    sink = make_sink(str(tmp_path / "results"))
+    tuner = tune.Tuner(
+        trainable,
+        param_space={**CONFIG, "method": tune.grid_search(["ibp", "ibp", "sabr"])},
+        run_config=tune.RunConfig(callbacks=[sink], storage_path=str(tmp_path / "ray"), verbose=0),
+    )
+    tuner.fit()
+    frame = read_trials(str(tmp_path / "results"), SWEEP)
+    assert sorted(frame["status"]) == ["completed", "completed", "failed"]
+    failed = frame[frame.status == "failed"].iloc[0]
+    assert "trial exploded" in failed["error"]
+    assert failed["param.method"] == "sabr"
+    epochs = read_epochs(str(tmp_path / "results"), SWEEP)
+    assert epochs.groupby("trial_id").size().tolist() == [EPOCHS] * 3

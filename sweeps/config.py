@@ -124,6 +124,7 @@ def _check_training_and_space(sweep: SweepConfig, path: Path) -> None:
         fixed = set(flatten(sweep.training)) & set(space.keys())
         if fixed:
             raise SweepConfigError(f"{path}: training fixes searched key(s) {sorted(fixed)}")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
         for _ in range(8):  # random points reach most conditional branches
             sweep.training_config(space.sample_config(study.ask()))

@@ -68,7 +68,9 @@ class OptimConfig(_Group):
 
 class MethodConfig(_Group):
     name: Literal[METHODS] = "cc-ibp"  # type: ignore[valid-type]
-    alpha: float = Field(0.5, ge=0, le=1, description="cc/mtl/exp-ibp: weight of the bound")
+    alpha: float = Field(
+        0.5, ge=0, le=1, description="cc/mtl/exp-ibp, distill features: weight of the bound"
+    )
     sabr_lambda: float = Field(0.4, gt=0, le=1, description="sabr: box radius / eps")
     kappa_start: float = Field(0.0, ge=0, le=1, description="crown-ibp: IBP weight at eps=0")
     kappa_end: float = Field(1.0, ge=0, le=1, description="crown-ibp: IBP weight at eps_max")
@@ -104,14 +106,16 @@ class WarmupConfig(_Group):
 
 
 class EvalConfig(_Group):
-    verifier: Literal["ibp", "crown-ibp", "crown"] = "crown-ibp"
+    verifier: Literal["ibp", "crown-ibp", "crown"] | None = Field(
+        "crown-ibp", description="null: no certificate (e.g. residual teachers)"
+    )
     split: Literal["val", "test"] = "val"
     subset: int | None = Field(None, ge=1, description="first N examples of the split")
     pgd_steps: int = Field(20, ge=0, le=10000, description="0: no PGD evaluation")
     pgd_restarts: int = Field(1, ge=1, le=100)
     every: int = Field(1, ge=1, description="evaluate every N epochs (and at the end)")
     batch_size: int = Field(256, ge=1)
-    final_verifier: Literal["ibp", "crown-ibp", "crown"] = "crown"
+    final_verifier: Literal["ibp", "crown-ibp", "crown"] | None = "crown"
     final_split: Literal["val", "test"] = "test"
     final_subset: int | None = Field(None, ge=1)
 
@@ -120,6 +124,46 @@ class CheckpointConfig(_Group):
     dir: str | None = Field(None, description="where checkpoints go; null: none are written")
     every: int = Field(1, ge=1, description="write every N epochs (and at the end)")
     resume: bool = Field(True, description="continue from dir's checkpoint if there is one")
+
+
+class TeacherConfig(_Group):
+    """Which teacher to distil from (``trainables.teachers``); "none": plain certified training."""
+
+    name: str = Field("none", min_length=1, description="none, or a teacher registry entry")
+    registry: str | None = Field(None, description="YAML file with more registry entries")
+    cache_dir: str | None = Field(
+        None, description="trained recipe teachers; null: $CERTSWEEP_TEACHERS or ~/.cache/..."
+    )
+
+
+class DistillConfig(_Group):
+    """The distillation term added to the certified loss (used when a teacher is named)."""
+
+    objective: Literal["feature", "logit"] = "feature"
+    beta: float = Field(1.0, ge=0, le=1e4, description="weight of the distillation term")
+    layer: str = Field("penultimate", min_length=1, description="student feature (by name)")
+    teacher_layer: str = Field("penultimate", min_length=1, description="teacher feature")
+    distance: Literal["l2", "cosine"] = Field("l2", description="feature objective only")
+    projection: bool | Literal["auto"] = Field(
+        "auto", description="learned linear map student -> teacher features; auto: if dims differ"
+    )
+    temperature: float = Field(1.0, gt=0, le=100, description="logit KL and SAAD clean term")
+    inputs: Literal["clean", "adv", "both", "ibp"] = Field(
+        "adv", description="logit objective: the student logits the KL compares"
+    )
+
+
+class SaadConfig(_Group):
+    """SAAD per-sample weights from the teacher's response to the student's x_adv."""
+
+    enabled: bool = False
+    weighting: Literal["entropy", "transfer", "margin"] = "entropy"
+    gamma: float = Field(1.0, gt=0, le=100, description="Renyi order of the entropy; 1: Shannon")
+    scale: float = Field(5.0, gt=0, le=1e4, description="s: weights are s x the score")
+    on_certified: bool = Field(False, description="weight the certified term per sample too")
+    clean_weight: float = Field(
+        0.0, ge=0, le=1e4, description="inverse-weighted clean KL term's weight"
+    )
 
 
 class TrainConfig(_Group):
@@ -145,6 +189,9 @@ class TrainConfig(_Group):
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    saad: SaadConfig = Field(default_factory=SaadConfig)
 
     @field_validator("device")
     @classmethod
@@ -161,6 +208,21 @@ class TrainConfig(_Group):
                 f"eps_schedule.start={schedule.start} is after the last epoch ({self.epochs})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _distillation_fits(self) -> TrainConfig:
+        if self.teacher.name != "none" and self.method.name not in CERTIFIED_METHODS:
+            raise ValueError(
+                f"teacher.name={self.teacher.name!r}: distillation needs a certified method,"
+                f" not method.name={self.method.name!r}"
+            )
+        if self.saad.enabled and self.teacher.name == "none":
+            raise ValueError("saad.enabled needs a teacher (teacher.name is 'none')")
+        return self
+
+    @property
+    def distilling(self) -> bool:
+        return self.teacher.name != "none"
 
     @property
     def eval_eps(self) -> float:

@@ -4,8 +4,9 @@
 
 ``--set`` takes dotted keys (``optim.lr=1e-3``, ``method.name=ibp``); values are read as
 YAML (``1e-3``, ``true``, ``[10, 20]``). Without ``checkpoint.dir`` the checkpoints go to a
-fresh directory under ``runs/``. Prints a progress bar, a metrics table per evaluated epoch
-and at the end the final metrics and the checkpoint path.
+fresh directory under ``runs/``. A recipe teacher (``teacher.name``) not yet in the cache is
+trained first. Prints a progress bar, a metrics table per evaluated epoch and at the end the
+final metrics and the checkpoint path.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from tqdm import tqdm
 
 from trainables.config import ConfigError, TrainConfig, load_config
 from trainables.data import DatasetNotFoundError
+from trainables.teachers import TeacherError
+from trainables.teachers.cache import ensure_teacher
 from trainables.training.callbacks import Callback, RunInfo
 from trainables.training.checkpoint import CheckpointError
 from trainables.training.loop import RunResult, train
@@ -138,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         return 0
     try:
+        if ensure_teacher(config, [ProgressPrinter()]) is not None:
+            print(f"teacher {config.teacher.name!r} is ready")
         result = train(config, [ProgressPrinter()])
-    except (DatasetNotFoundError, CheckpointError) as err:
+    except (ConfigError, DatasetNotFoundError, CheckpointError, TeacherError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(summary(result))

@@ -185,6 +185,11 @@ def flatten_sequential(model: nn.Module) -> Iterator[nn.Module]:
             yield child
 
 
+def op_count(model: nn.Sequential) -> int:
+    """How many ops ``linearize(model)`` makes: one per leaf layer except Identity."""
+    return sum(not isinstance(layer, nn.Identity) for layer in flatten_sequential(model))
+
+
 #: Batch statistics ``(mean, biased variance)`` per BatchNorm layer, e.g. captured from the
 #: clean forward pass of a training step (see ``trainables.training.batchnorm``).
 BatchStatistics = Mapping[nn.Module, tuple[Tensor, Tensor]]

@@ -24,9 +24,11 @@ def margins_of(logits: Tensor, C: Tensor) -> Tensor:
     return torch.einsum("bso,bo->bs", C, logits)
 
 
-def cc_ibp_loss(bound_margins: Tensor, adv_margins: Tensor, alpha: float) -> Tensor:
+def cc_ibp_loss(
+    bound_margins: Tensor, adv_margins: Tensor, alpha: float, reduction: str = "mean"
+) -> Tensor:
     """CC-IBP: the loss of the convex combination ``alpha lb + (1 - alpha) C f(x_adv)``."""
-    return margin_cross_entropy(alpha * bound_margins + (1 - alpha) * adv_margins)
+    return margin_cross_entropy(alpha * bound_margins + (1 - alpha) * adv_margins, reduction)
 
 
 def mtl_ibp_loss(ibp_loss: Tensor, adv_loss: Tensor, alpha: float) -> Tensor:

@@ -1,6 +1,6 @@
 """Model zoo: certifiable students and residual teachers, all named ``nn.Sequential``s."""
 
-from trainables.models.features import feature_names, forward_features
+from trainables.models.features import feature_names, feature_prefix, forward_features
 from trainables.models.layers import Normalize
 from trainables.models.resnets import PreActBlock
 from trainables.models.zoo import CERTIFIABLE_MODELS, MODELS, build_model
@@ -12,5 +12,6 @@ __all__ = [
     "PreActBlock",
     "build_model",
     "feature_names",
+    "feature_prefix",
     "forward_features",
 ]

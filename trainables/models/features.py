@@ -28,6 +28,21 @@ def feature_names(model: nn.Sequential) -> list[str]:
     return names + aliases
 
 
+def feature_prefix(model: nn.Sequential, name: str) -> list[nn.Module]:
+    """The top-level children whose composition maps the input to feature ``name``.
+
+    Bound propagation up to a feature (e.g. IBP feature bounds for distillation) runs
+    through exactly these layers.
+    """
+    _check_names(model, [name])
+    children = list(model.named_children())
+    if name == LOGITS:
+        return [child for _, child in children]
+    names = [child_name for child_name, _ in children]
+    end = names.index(_FINAL_LINEAR) if name == PENULTIMATE else names.index(name) + 1
+    return [child for _, child in children[:end]]
+
+
 def forward_features(
     model: nn.Sequential, x: torch.Tensor, names: Iterable[str]
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -35,10 +50,7 @@ def forward_features(
     if isinstance(names, str):
         raise TypeError(f"names must be an iterable of feature names, not the string {names!r}")
     wanted = set(names)
-    available = feature_names(model)
-    unknown = sorted(wanted.difference(available))
-    if unknown:
-        raise ValueError(f"unknown feature name(s) {unknown}; available: {available}")
+    _check_names(model, wanted)
     features: dict[str, torch.Tensor] = {}
     out = x
     for name, child in model.named_children():
@@ -50,3 +62,10 @@ def forward_features(
     if LOGITS in wanted:
         features[LOGITS] = out
     return out, features
+
+
+def _check_names(model: nn.Sequential, names: Iterable[str]) -> None:
+    available = feature_names(model)
+    unknown = sorted(set(names).difference(available))
+    if unknown:
+        raise ValueError(f"unknown feature name(s) {unknown}; available: {available}")

@@ -9,12 +9,14 @@ code, so a checkpoint from an untrusted place cannot run anything.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import pyarrow.fs as pafs
 import torch
 from torch import nn
 
@@ -45,16 +47,39 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
 def load_checkpoint(
     path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; a clear error if it is missing or bad."""
+    """Read a checkpoint with ``weights_only=True``; a clear error if it is missing or bad.
+
+    ``path`` is a local path or a URI (``file://``, ``s3://``, ``gs://``, ``hdfs://``, ...)
+    that pyarrow's filesystems can open; remote files are read into memory first.
+    """
+    if isinstance(path, str) and "://" in path:
+        return _safe_load(io.BytesIO(_read_uri(path)), path, map_location)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    return _safe_load(path, str(path), map_location)
+
+
+def _read_uri(uri: str) -> bytes:
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        filesystem, location = pafs.FileSystem.from_uri(uri)
+        with filesystem.open_input_stream(location) as stream:
+            return stream.read()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {uri} does not exist") from None
+    except Exception as err:  # pyarrow raises several types (bad scheme, no access, ...)
+        raise CheckpointError(f"checkpoint URI {uri!r} cannot be read: {err}") from err
+
+
+def _safe_load(
+    source: Path | BinaryIO, name: str, map_location: str | torch.device
+) -> dict[str, Any]:
+    try:
+        state = torch.load(source, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"checkpoint {path} cannot be read safely: {err}") from err
+        raise CheckpointError(f"checkpoint {name} cannot be read safely: {err}") from err
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} holds {type(state).__name__}, not a dict")
+        raise CheckpointError(f"checkpoint {name} holds {type(state).__name__}, not a dict")
     return state
 
 

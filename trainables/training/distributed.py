@@ -13,6 +13,7 @@ checkpoints.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +60,14 @@ class Distributed:
             return model
         device_ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
+
+    def average_gradients(self, params: Iterable[nn.Parameter]) -> None:
+        """Average ``.grad`` over ranks, for parameters outside the DDP wrapper."""
+        if self.enabled:
+            for param in params:
+                if param.grad is not None:
+                    dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+                    param.grad /= self.world_size
 
     def broadcast_buffers(self, model: nn.Module) -> None:
         """Copy rank 0's buffers (BatchNorm running statistics) to every rank, in place."""

@@ -5,6 +5,11 @@ checkpoint directory when one holds a checkpoint, trains with the configured met
 schedule, evaluates on the validation split each ``eval.every`` epochs, reports through
 callbacks, and finally evaluates on ``eval.final_split`` with ``eval.final_verifier``.
 A non-finite loss ends the run with status "diverged" (before the bad step is applied).
+With ``teacher.name`` set, the loop loads the teacher (it never trains one: recipe teachers
+come from ``trainables.teachers.cache.ensure_teacher``), adds the teacher's validation
+accuracy (``teacher_val_clean_acc``, ``teacher_val_pgd_acc``, constant) and the epoch's time
+in teacher passes (``teacher_seconds``) to every epoch's metrics, and optimises and
+checkpoints the distillation projection together with the model.
 """
 
 from __future__ import annotations
@@ -25,15 +30,18 @@ from trainables.evaluation import evaluate
 from trainables.models import build_model
 from trainables.models.init import shi_ibp_init
 from trainables.schedules import EpsSchedule, build_lr_scheduler, build_optimizer
+from trainables.teachers import load_teacher
 from trainables.training.callbacks import Callback, RunInfo
 from trainables.training.checkpoint import (
     CHECKPOINT_NAME,
+    CheckpointError,
     load_checkpoint,
     load_model_state,
     restore_rng_state,
     rng_state,
     save_checkpoint,
 )
+from trainables.training.distillation import Distiller
 from trainables.training.distributed import Distributed
 from trainables.training.methods import MethodStep
 
@@ -95,7 +103,18 @@ class _Run:
         if config.init == "shi":
             shi_ibp_init(self.model)
         self.loader = self._train_loader()
-        self.optimizer = build_optimizer(self.model.parameters(), config.optim)
+        self.distiller, self.teacher_metrics = None, {}
+        if config.distilling:
+            teacher = load_teacher(config, info, self.device)
+            self.distiller = Distiller(
+                config, teacher, self.model, info.input_shape, info.num_classes
+            )
+            self.teacher_metrics = self._teacher_metrics(teacher.model)
+        self.projection = self.distiller.projection if self.distiller else None
+        self.parameters = list(self.model.parameters())
+        if self.projection is not None:
+            self.parameters += list(self.projection.parameters())
+        self.optimizer = build_optimizer(self.parameters, config.optim)
         self.lr_scheduler = build_lr_scheduler(self.optimizer, config.optim, config.epochs)
         schedule = config.eps_schedule
         self.eps_schedule = EpsSchedule(
@@ -108,7 +127,12 @@ class _Run:
             self._resume(self.checkpoint)
         self.forward = self.dist.wrap(self.model, self.device)
         self.method_step = MethodStep(
-            self.model, self.forward, config, info.num_classes, self.attack_generator
+            self.model,
+            self.forward,
+            config,
+            info.num_classes,
+            self.attack_generator,
+            self.distiller,
         )
 
     # -- the run ---------------------------------------------------------------------------
@@ -167,8 +191,10 @@ class _Run:
                 return None
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
+            if self.projection is not None:  # not inside the DDP wrapper: average by hand
+                self.dist.average_gradients(self.projection.parameters())
             if self.config.optim.grad_clip is not None:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+                nn.utils.clip_grad_norm_(self.parameters, self.config.optim.grad_clip)
             self.optimizer.step()
             self.step += 1
             terms = {f"loss_{k}": v.item() for k, v in out.terms.items()}
@@ -181,9 +207,12 @@ class _Run:
                 callback.on_batch_end(self.epoch, self.step, terms)
         self.dist.broadcast_buffers(self.model)  # each rank's last step updated its own
         seconds = time.perf_counter() - started
+        teacher_seconds = self.distiller.teacher.take_seconds() if self.distiller else 0.0
         keys = sorted(sums)
         totals = self.dist.sum(
-            torch.tensor([seen, correct, *(sums[k] for k in keys)], dtype=torch.float64)
+            torch.tensor(
+                [seen, correct, teacher_seconds, *(sums[k] for k in keys)], dtype=torch.float64
+            )
         ).tolist()
         seen_all = max(totals[0], 1.0)
         metrics: dict[str, Any] = {
@@ -191,10 +220,13 @@ class _Run:
             "eps": eps,
             "lr": self.optimizer.param_groups[0]["lr"],
             "train_clean_acc": totals[1] / seen_all,
-            **{k: v / seen_all for k, v in zip(keys, totals[2:], strict=True)},
+            **{k: v / seen_all for k, v in zip(keys, totals[3:], strict=True)},
             "seconds": seconds,
             "examples_per_second": totals[0] / max(seconds, 1e-9),
         }
+        if self.distiller is not None:  # time in teacher passes (mean over ranks); constants
+            metrics["teacher_seconds"] = totals[2] / self.dist.world_size
+            metrics.update(self.teacher_metrics)
         return metrics
 
     def _validate(self) -> dict[str, float]:
@@ -203,6 +235,11 @@ class _Run:
         metrics = self._evaluate(split, ev.verifier, ev.subset, seed=self.epoch)
         return {f"{ev.split}_{k}": v for k, v in metrics.items()}
 
+    def _teacher_metrics(self, teacher: nn.Module) -> dict[str, float]:
+        """The teacher's clean and PGD accuracy on the validation split (no certificate)."""
+        metrics = self._evaluate(self.splits.val, None, self.config.eval.subset, 0, teacher)
+        return {f"teacher_val_{k}": v for k, v in metrics.items() if k.endswith("_acc")}
+
     def _final_evaluation(self) -> dict[str, float]:
         ev = self.config.eval
         split = self.splits.val if ev.final_split == "val" else self.splits.test
@@ -210,10 +247,12 @@ class _Run:
         metrics["verifier"] = ev.final_verifier
         return {f"{ev.final_split}_{k}": v for k, v in metrics.items()}
 
-    def _evaluate(self, dataset, verifier, subset, seed: int) -> dict[str, float]:
+    def _evaluate(
+        self, dataset, verifier, subset, seed: int, model: nn.Module | None = None
+    ) -> dict[str, float]:
         ev = self.config.eval
         return evaluate(
-            self.model,
+            self.model if model is None else model,
             dataset,
             eps=self.config.eval_eps,
             verifier=verifier,
@@ -266,6 +305,7 @@ class _Run:
             "rng": rng_state(),
             "attack_rng": self.attack_generator.get_state(),
             "config": self.config.model_dump(mode="json"),
+            **({} if self.projection is None else {"projection": self.projection.state_dict()}),
         }
 
     def _save(self) -> Path:
@@ -278,6 +318,10 @@ class _Run:
     def _resume(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
         load_model_state(self.model, state["model"], f"checkpoint {path}")
+        if self.projection is not None:
+            if "projection" not in state:
+                raise CheckpointError(f"checkpoint {path} has no distillation projection")
+            load_model_state(self.projection, state["projection"], f"checkpoint {path}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]

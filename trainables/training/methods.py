@@ -8,6 +8,8 @@ Certified methods bound the margins ``C f(x)`` on the training box
 ``B(x, eps_t * train_eps_factor)``; the attack box is ``B(x, eps_t * attack_eps_factor)``.
 
 A step returns additive loss terms: the total is exactly their sum, and the loop logs each.
+With a teacher, a ``Distiller`` (``distillation.py``) adds its terms to the certified loss,
+reusing the step's adversarial pass and bound propagation.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ from trainables.losses.certified import (
     sabr_box,
 )
 from trainables.losses.regularizers import relu_balance_term, tightness_term
+from trainables.models import forward_features
 from trainables.schedules import kappa, warmup_weight
 from trainables.training.batchnorm import Statistics, capture_statistics, normalise_with
+from trainables.training.distillation import Distiller, StudentOutputs
 
 #: Smallest bound radius: at eps_t = 0 the bounds (and the warm-up terms) still exist.
 MIN_BOUND_EPS = 1e-6
@@ -62,6 +66,7 @@ class MarginBounds:
     crown_ibp: Tensor | None
     relu_inputs: list[tuple[Tensor, Tensor]]  # IBP pre-activation bounds per ReLU layer
     input_box: tuple[Tensor, Tensor]  # the box as the first weight layer sees it
+    features: tuple[Tensor, Tensor] | None = None  # IBP bounds after ops[:feature_ops]
 
 
 def margin_bounds(
@@ -71,17 +76,30 @@ def margin_bounds(
     C: Tensor,
     statistics: Statistics | None,
     with_crown_ibp: bool = False,
+    feature_ops: int | None = None,
 ) -> MarginBounds:
     """IBP (and optionally CROWN-IBP) lower bounds of ``C f`` plus what the regularisers need.
 
     Only lower bounds are computed: a CROWN-IBP backward pass for one side costs half of the
-    two-sided ``compute_bounds``.
+    two-sided ``compute_bounds``. ``feature_ops`` also returns the IBP bounds of an
+    intermediate feature (the output of the first ``feature_ops`` ops), read off the same
+    propagation.
     """
     ops, _ = linearize(model, (lower + upper) / 2, statistics)
     last = ops[-1]
     if not isinstance(last, DenseOp):
         raise ValueError("certified training needs a model that ends with a Linear layer")
-    (low, high), relu_inputs = propagate_intervals(ops[:-1], lower, upper)
+    stop, features = len(ops) - 1, None
+    if feature_ops is not None and feature_ops < stop:
+        features, relu_inputs = propagate_intervals(ops[:feature_ops], lower, upper)
+        (low, high), later = propagate_intervals(ops[:stop], *features, start=feature_ops)
+        relu_inputs += later
+    else:
+        (low, high), relu_inputs = propagate_intervals(ops[:stop], lower, upper)
+        if feature_ops == stop:
+            features = (low, high)
+        elif feature_ops is not None:  # the logits
+            features, _ = propagate_intervals(ops, low, high, start=stop)
     ibp, _ = fold_spec(C, last, low, high)
     crown_ibp = None
     if with_crown_ibp:
@@ -94,7 +112,7 @@ def margin_bounds(
             break
         diagonal_prefix.append(op)
     input_box, _ = propagate_intervals(diagonal_prefix, lower, upper)
-    return MarginBounds(ibp, crown_ibp, relu_inputs, input_box)
+    return MarginBounds(ibp, crown_ibp, relu_inputs, input_box, features)
 
 
 class MethodStep:
@@ -107,10 +125,11 @@ class MethodStep:
         config: TrainConfig,
         num_classes: int,
         generator: torch.Generator,
+        distiller: Distiller | None = None,
     ) -> None:
         self.model, self.forward, self.config = model, forward, config
         self.num_classes, self.generator = num_classes, generator
-        self.method = config.method
+        self.method, self.distiller = config.method, distiller
 
     def __call__(self, x: Tensor, y: Tensor, eps: float) -> StepOutput:
         with capture_statistics(self.model) as captured:
@@ -136,7 +155,7 @@ class MethodStep:
         x_adv = self._attack(
             x, y, eps * self.method.attack_eps_factor, "trades" if trades else None
         )
-        adv_logits = self._forward_with(x_adv, statistics)
+        adv_logits, _ = self._forward_with(x_adv, statistics)
         if not trades:
             return StepOutput({"robust": F.cross_entropy(adv_logits, y)}, logits)
         terms = {
@@ -150,40 +169,66 @@ class MethodStep:
     def _certified(
         self, x: Tensor, y: Tensor, eps: float, logits: Tensor, statistics: Statistics | None
     ) -> StepOutput:
-        method, name = self.method, self.method.name
+        """The certified loss; with a distiller also its terms (``training.distillation``).
+
+        With ``saad.on_certified`` each per-sample loss inside the certified loss is
+        weighted by SAAD's ``w`` before its batch mean; the diagnostics stay unweighted.
+        """
+        method, name, distiller = self.method, self.method.name, self.distiller
         eps_max = self.config.eps
         bound_eps = max(eps * method.train_eps_factor, MIN_BOUND_EPS)
         C = margin_spec(y, self.num_classes, dtype=x.dtype)
         diagnostics: dict[str, float] = {}
-        x_adv = adv_loss = adv_margins = None
-        if name in ("cc-ibp", "mtl-ibp", "exp-ibp"):
-            x_adv = self._attack(x, y, eps * method.attack_eps_factor)
-            adv_logits = self._forward_with(x_adv, statistics)
-            adv_margins = margins_of(adv_logits, C)
-            adv_loss = F.cross_entropy(adv_logits, y)
-            diagnostics["adv_loss"] = adv_loss.item()
+        combines_adv = name in ("cc-ibp", "mtl-ibp", "exp-ibp")
+        x_adv = adv_logits = None
+        adv_features: dict[str, Tensor] = {}
         if name == "sabr":
             x_adv = self._attack(x, y, bound_eps)
+        elif combines_adv or (distiller is not None and distiller.needs_x_adv):
+            x_adv = self._attack(x, y, eps * method.attack_eps_factor)
+        if combines_adv or (distiller is not None and distiller.needs_adv_pass):
+            layers = () if distiller is None else distiller.student_layers
+            adv_logits, adv_features = self._forward_with(x_adv, statistics, layers)
+        teaching = None if distiller is None else distiller.teach(x, x_adv, y)
+        on_certified = teaching is not None and self.config.saad.on_certified
+        weights = teaching.weights if on_certified else None
+
+        def mean(per_sample: Tensor) -> Tensor:
+            return (per_sample if weights is None else weights * per_sample).mean()
+
+        if combines_adv:
+            adv_per_sample = F.cross_entropy(adv_logits, y, reduction="none")
+            adv_loss = mean(adv_per_sample)
+            diagnostics["adv_loss"] = adv_per_sample.mean().item()
+        if name == "sabr":
             lower, upper = sabr_box(x, x_adv, bound_eps, method.sabr_lambda)
         else:
             lower, upper = linf_box(x, bound_eps)
         mix = kappa(method.kappa_start, method.kappa_end, eps, eps_max)
         bounds = margin_bounds(
-            self.model, lower, upper, C, statistics, with_crown_ibp=name == "crown-ibp" and mix < 1
+            self.model,
+            lower,
+            upper,
+            C,
+            statistics,
+            with_crown_ibp=name == "crown-ibp" and mix < 1,
+            feature_ops=None if distiller is None else distiller.feature_ops,
         )
-        ibp_loss = margin_cross_entropy(bounds.ibp)
-        diagnostics["ibp_loss"] = ibp_loss.item()
+        ibp_per_sample = margin_cross_entropy(bounds.ibp, reduction="none")
+        ibp_loss = mean(ibp_per_sample)
+        diagnostics["ibp_loss"] = ibp_per_sample.mean().item()
         if name in ("ibp", "sabr"):
             robust = ibp_loss
         elif name == "crown-ibp":
             robust = ibp_loss
             if bounds.crown_ibp is not None:
-                crown_ibp_loss = margin_cross_entropy(bounds.crown_ibp)
-                diagnostics["crown_ibp_loss"] = crown_ibp_loss.item()
-                robust = mix * ibp_loss + (1 - mix) * crown_ibp_loss
+                crown_per_sample = margin_cross_entropy(bounds.crown_ibp, reduction="none")
+                diagnostics["crown_ibp_loss"] = crown_per_sample.mean().item()
+                robust = mix * ibp_loss + (1 - mix) * mean(crown_per_sample)
             diagnostics["kappa"] = mix
         elif name == "cc-ibp":
-            robust = cc_ibp_loss(bounds.ibp, adv_margins, method.alpha)
+            adv_margins = margins_of(adv_logits, C)
+            robust = mean(cc_ibp_loss(bounds.ibp, adv_margins, method.alpha, reduction="none"))
         elif name == "mtl-ibp":
             robust = mtl_ibp_loss(ibp_loss, adv_loss, method.alpha)
         else:
@@ -192,6 +237,11 @@ class MethodStep:
         weight = warmup_weight(self.config.warmup.weight, eps, eps_max)
         if weight > 0:
             terms.update(self._warmup_terms(bounds, weight))
+        if distiller is not None:
+            student = StudentOutputs(
+                y, logits, adv_logits, adv_features, bounds.features, bounds.ibp
+            )
+            terms.update(distiller.terms(teaching, student))
         return StepOutput(terms, logits, diagnostics)
 
     def _warmup_terms(self, bounds: MarginBounds, weight: float) -> dict[str, Tensor]:
@@ -220,7 +270,9 @@ class MethodStep:
             generator=self.generator,
         )
 
-    def _forward_with(self, x: Tensor, statistics: Statistics | None) -> Tensor:
-        """A train-mode forward pass under the step's BatchNorm convention."""
+    def _forward_with(
+        self, x: Tensor, statistics: Statistics | None, layers: tuple[str, ...] = ()
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """A train-mode forward pass under the step's BatchNorm convention (logits, features)."""
         with normalise_with(self.model, statistics or {}):
-            return self.model(x)
+            return forward_features(self.model, x, layers)

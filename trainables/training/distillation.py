@@ -1,0 +1,196 @@
+"""The distillation part of a certified training step: teacher passes, SAAD, loss terms.
+
+``MethodStep`` asks a ``Distiller`` what the step must provide (``needs_x_adv``: a
+student-crafted adversarial example; ``student_layers``: features from the student's
+adversarial pass; ``feature_ops``: IBP bounds at the feature layer, taken from the bound
+propagation the step makes anyway), then calls ``teach`` (at most one teacher forward pass,
+on clean and adversarial inputs together) and ``terms``. The teacher runs on clean inputs
+only when a term needs it and on x_adv only for SAAD and adversarial logit KL, so SAAD's
+entropy weights add no pass when the logit objective already looks at x_adv.
+
+Terms: ``distill = beta * mean_i(w_i d_i)`` with ``w_i`` the SAAD weights (1 without SAAD)
+and ``d_i`` the per-sample feature or logit term; with SAAD and ``saad.clean_weight > 0``
+also ``distill_clean = clean_weight * mean_i((1 - wbar_i) KL_T(T(x_i) || S(x_i)))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from trainables.bounds.ops import op_count
+from trainables.config import ConfigError, TrainConfig
+from trainables.losses.distillation import (
+    cc_feature_term,
+    kl_with_temperature,
+    worst_case_logits,
+)
+from trainables.losses.saad import saad_weights
+from trainables.models import feature_names, feature_prefix, forward_features
+from trainables.models.modes import eval_mode
+from trainables.teachers.loading import Teacher
+
+
+@dataclass
+class Teaching:
+    """The teacher's outputs for one batch, and the SAAD weights derived from them."""
+
+    clean_logits: Tensor | None = None
+    clean_features: Tensor | None = None
+    adv_logits: Tensor | None = None
+    weights: Tensor | None = None  # SAAD w (no gradient)
+    normalised: Tensor | None = None  # SAAD wbar
+
+
+@dataclass
+class StudentOutputs:
+    """What the step computed for the student, for the distillation terms."""
+
+    labels: Tensor
+    clean_logits: Tensor
+    adv_logits: Tensor | None
+    adv_features: dict[str, Tensor]
+    feature_bounds: tuple[Tensor, Tensor] | None
+    margin_lower: Tensor  # IBP lower bounds of the margins
+
+
+class Distiller:
+    """Distillation from a frozen teacher for one run (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        teacher: Teacher,
+        student: nn.Sequential,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+    ) -> None:
+        self.teacher, self.num_classes = teacher, num_classes
+        self.distill, self.saad, self.alpha = config.distill, config.saad, config.method.alpha
+        distill, saad = self.distill, self.saad
+        feature = distill.objective == "feature"
+        logit_inputs = None if feature else distill.inputs
+        adv_logit = logit_inputs in ("adv", "both")
+        self.projection: nn.Linear | None = None
+        self.student_layers: tuple[str, ...] = ()
+        self.feature_ops: int | None = None
+        if feature:
+            _check_layer("distill.layer", distill.layer, student)
+            _check_layer("distill.teacher_layer", distill.teacher_layer, teacher.model)
+            if self.alpha < 1:
+                self.student_layers = (distill.layer,)
+            if self.alpha > 0:
+                self.feature_ops = op_count(nn.Sequential(*feature_prefix(student, distill.layer)))
+            self.projection = self._projection(student, input_shape)
+        #: What the step must provide: x_adv, and the student's forward pass on it.
+        self.needs_x_adv = saad.enabled or bool(self.student_layers) or adv_logit
+        self.needs_adv_pass = bool(self.student_layers) or adv_logit
+        self._teacher_adv = saad.enabled or adv_logit
+        self._teacher_clean = (
+            feature
+            or logit_inputs in ("clean", "both", "ibp")
+            or (saad.enabled and (saad.weighting != "entropy" or saad.clean_weight > 0))
+        )
+
+    def teach(self, x: Tensor, x_adv: Tensor | None, labels: Tensor) -> Teaching:
+        """Run the teacher (one pass) on what the terms need; compute SAAD weights."""
+        layers = (self.distill.teacher_layer,) if self.distill.objective == "feature" else ()
+        inputs = []
+        if self._teacher_clean:
+            inputs.append(x)
+        if self._teacher_adv:
+            if x_adv is None:
+                raise ValueError("the distillation terms need the step's adversarial examples")
+            inputs.append(x_adv)
+        logits, features = self.teacher(torch.cat(inputs) if len(inputs) > 1 else inputs[0], layers)
+        teaching = Teaching()
+        if self._teacher_clean:
+            teaching.clean_logits = logits[: len(x)]
+            if layers:
+                teaching.clean_features = features[layers[0]][: len(x)]
+        if self._teacher_adv:
+            teaching.adv_logits = logits[-len(x) :]
+        if self.saad.enabled:
+            teaching.weights, teaching.normalised = saad_weights(
+                self.saad.weighting,
+                teaching.adv_logits,
+                teacher_clean_logits=teaching.clean_logits,
+                labels=labels,
+                gamma=self.saad.gamma,
+                scale=self.saad.scale,
+            )
+        return teaching
+
+    def terms(self, teaching: Teaching, student: StudentOutputs) -> dict[str, Tensor]:
+        """``distill`` (and ``distill_clean`` with SAAD's clean weight); see the docstring."""
+        per_sample = self._per_sample(teaching, student)
+        if teaching.weights is not None:
+            per_sample = per_sample * teaching.weights
+        terms = {"distill": self.distill.beta * per_sample.mean()}
+        if self.saad.enabled and self.saad.clean_weight > 0:
+            clean = kl_with_temperature(
+                teaching.clean_logits, student.clean_logits, self.distill.temperature
+            )
+            inverse = 1 - teaching.normalised
+            terms["distill_clean"] = self.saad.clean_weight * (inverse * clean).mean()
+        return terms
+
+    def _per_sample(self, teaching: Teaching, student: StudentOutputs) -> Tensor:
+        distill = self.distill
+        if distill.objective == "feature":
+            return cc_feature_term(
+                student.adv_features.get(distill.layer),
+                student.feature_bounds,
+                teaching.clean_features,
+                self.alpha,
+                distill.distance,
+                self.projection,
+            )
+        temperature, inputs = distill.temperature, distill.inputs
+        if inputs == "ibp":
+            worst = worst_case_logits(student.margin_lower, student.labels, self.num_classes)
+            return kl_with_temperature(teaching.clean_logits, worst, temperature)
+        terms = []
+        if inputs in ("clean", "both"):
+            terms.append(
+                kl_with_temperature(teaching.clean_logits, student.clean_logits, temperature)
+            )
+        if inputs in ("adv", "both"):
+            terms.append(kl_with_temperature(teaching.adv_logits, student.adv_logits, temperature))
+        return sum(terms)
+
+    def _projection(self, student: nn.Sequential, input_shape: tuple[int, ...]) -> nn.Linear | None:
+        """A linear map student -> teacher features when configured (or needed, for auto)."""
+        layer, teacher_layer, mode = (
+            self.distill.layer,
+            self.distill.teacher_layer,
+            self.distill.projection,
+        )
+        student_dim = _feature_dim(student, layer, input_shape)
+        teacher_dim = _feature_dim(self.teacher.model, teacher_layer, input_shape)
+        if mode is False and student_dim != teacher_dim:
+            raise ConfigError(
+                f"distill.projection is false, but distill.layer={layer!r} has {student_dim}"
+                f" features and distill.teacher_layer={teacher_layer!r} has {teacher_dim}:"
+                " set distill.projection to auto or true"
+            )
+        if mode is True or (mode == "auto" and student_dim != teacher_dim):
+            device = next(student.parameters()).device
+            return nn.Linear(student_dim, teacher_dim).to(device)
+        return None
+
+
+def _check_layer(key: str, name: str, model: nn.Sequential) -> None:
+    available = feature_names(model)
+    if name not in available:
+        raise ConfigError(f"{key}={name!r} is not a feature of the model; available: {available}")
+
+
+def _feature_dim(model: nn.Sequential, name: str, input_shape: tuple[int, ...]) -> int:
+    """The flattened size of feature ``name`` (one probe sample, eval mode, no gradient)."""
+    probe = next(model.parameters()).new_zeros(1, *input_shape)
+    with torch.no_grad(), eval_mode(model):
+        _, features = forward_features(model, probe, [name])
+    return features[name][0].numel()

@@ -5,13 +5,17 @@ mode live only on the searcher (anything in TuneConfig makes the search single-o
 every report carries every objective (the trainable fills missing ones); early-stopped trials
 are told to Optuna as PRUNED, not COMPLETE; the scheduler's time is the trial's own ``epoch``;
 relative storage paths are made absolute (``ray job submit`` runs in a temporary copy); an
-existing experiment is restored with ``Tuner.restore(..., resume_errored=True)``.
+existing experiment is restored with ``Tuner.restore(..., resume_errored=True)``, and a trial
+that finished after Tune's last state snapshot (taken at most every 10 s) is replayed from its
+Parquet row instead of running again.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +23,18 @@ import optuna
 import pandas as pd
 import ray
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.search.optuna import OptunaSearch
 
 from analysis.pareto import pareto_front
-from sweeps.config import SweepConfig
+from sweeps.config import Resources, SweepConfig
 from sweeps.results import ParquetSink, read_trials
 from sweeps.schedulers import MultiObjectiveASHA
-from trainables.tune import run_trial
+from trainables.tune import run_trial, worst_value
 
 EXPERIMENT = "ray"  # Ray's own experiment folder inside <storage>/<sweep>/
+REPLAYED = "replayed"  # result key of a finished trial replayed on resume
+DRIVER_CPUS = 1  # a DDP trial's own process: it drives the Ray Train run of its workers
 
 
 def resolve_storage(storage: str) -> str:
@@ -105,14 +112,31 @@ def build_scheduler(sweep: SweepConfig, total_epochs: int):
     return None
 
 
+def trial_resources(per: Resources) -> dict[str, float]:
+    """What Tune reserves for a trial: its worker's, or a DDP trial's Train driver's alone.
+
+    A DDP trial's workers live in Ray Train's own placement group, unseen by Tune; its driver
+    only waits on them, and must hold no GPU.
+    """
+    if per.workers > 1:
+        return {"cpu": DRIVER_CPUS, "gpu": 0}
+    return {"cpu": per.cpus_per_worker, "gpu": per.gpus_per_worker}
+
+
 def max_concurrent(sweep: SweepConfig) -> int:
-    """Trials that fit at once: GPUs // GPUs per trial, else CPUs // CPUs per trial."""
+    """Trials that fit at once: CPUs // CPUs per trial and, with GPUs, GPUs // GPUs per trial.
+
+    Tune cannot do this itself for DDP trials (it sees only their drivers): too many trials
+    would start drivers whose workers then never get their resources.
+    """
     if sweep.max_concurrent is not None:
         return sweep.max_concurrent
     resources, per = ray.cluster_resources(), sweep.resources
+    trial_cpus = per.cpus_per_worker * per.workers + (DRIVER_CPUS if per.workers > 1 else 0)
+    fits = resources.get("CPU", 1) // trial_cpus
     if per.gpus_per_worker > 0:
-        return max(1, int(resources.get("GPU", 0) // (per.gpus_per_worker * per.workers)))
-    return max(1, int(resources.get("CPU", 1) // (per.cpus_per_worker * per.workers)))
+        fits = min(fits, resources.get("GPU", 0) // (per.gpus_per_worker * per.workers))
+    return max(1, int(fits))
 
 
 class FrontPrinter(tune.Callback):
@@ -148,6 +172,58 @@ def front_table(storage: str, sweep: SweepConfig, top: int = 10) -> str:
         return f"{header}\n{shown.head(top).to_string(index=False, float_format='%.4f')}"
 
 
+def finished_results(storage: str, sweep: SweepConfig) -> dict[str, dict[str, Any]]:
+    """Trial id -> the result to replay, for every trial with a finished (not failed) row.
+
+    Tune snapshots its experiment state at most every 10 s, so after a killed driver a trial
+    whose row was written after the last snapshot comes back unfinished and would run again
+    (and rewrite its row). Its row is the record of how it ended: a restored sweep replays
+    it to Tune and Optuna instead, with the objectives and constraint metrics, the epochs run
+    (fewer than the budget: told as pruned) and the status.
+    """
+    trials = read_trials(storage, sweep.name)
+    modes = {o.metric: o.mode for o in sweep.objectives}
+    modes.update({c.metric: "max" for c in sweep.constraints if c.metric not in modes})
+    replays = {}
+    for row in trials[trials["status"] != "failed"].to_dict("records"):
+        values = {m: float(row.get(m, math.nan)) for m in modes}
+        values = {m: v if math.isfinite(v) else worst_value(modes[m]) for m, v in values.items()}
+        signed = [values[o.metric] * (1 if o.mode == "max" else -1) for o in sweep.objectives]
+        replays[row["trial_id"]] = {
+            **values,
+            "score": sum(signed) / len(signed),  # as the trainable reports it, for ASHA
+            "epoch": int(row["epochs_run"]),
+            "status": row["status"],
+            REPLAYED: True,
+        }
+    return replays
+
+
+def replay_or_run(params: dict[str, Any], *, finished: dict[str, dict], **kwargs: Any) -> None:
+    """The trial function: replays a finished trial's recorded end, else runs the trial."""
+    replay = finished.get(tune.get_context().get_trial_id())
+    if replay is None:
+        run_trial(params, **kwargs)
+    else:
+        tune.report(replay)
+
+
+class ResumableParquetSink(ParquetSink):
+    """Leaves a replayed trial's files as they are: they are the record that was replayed."""
+
+    def write(
+        self,
+        trial: Trial,
+        status: str,
+        error: str | None,
+        history: Mapping[int, Mapping[str, Any]],
+    ) -> None:
+        if (trial.last_result or {}).get(REPLAYED):
+            self._seen.pop(trial.trial_id, None)
+        else:
+            super().write(trial, status, error, history)
+
+
 def run_sweep(sweep: SweepConfig, *, config_source: str = "") -> str:
     """Run or resume ``sweep``; returns the results location ``<storage>/<sweep>``."""
     storage = resolve_storage(sweep.storage)
@@ -156,26 +232,27 @@ def run_sweep(sweep: SweepConfig, *, config_source: str = "") -> str:
     space = sweep.search_space(config_source or "the sweep config")
     objectives = {o.metric: o.mode for o in sweep.objectives}
     per = sweep.resources
-    if per.workers > 1:
-        raise NotImplementedError(
-            "resources.workers > 1 (DDP trials through Ray Train) is not supported yet"
-        )
+    experiment = f"{results}/{EXPERIMENT}"
+    restoring = tune.Tuner.can_restore(experiment)
     trainable = tune.with_resources(
         tune.with_parameters(
-            run_trial,
+            replay_or_run,
+            finished=finished_results(storage, sweep) if restoring else {},
             training=sweep.training,
             objectives=objectives,
             results_uri=results,
-            devices=per.gpus_per_worker or per.cpus_per_worker,
+            devices=per.workers * (per.gpus_per_worker or per.cpus_per_worker),
+            workers=per.workers,
+            cpus_per_worker=per.cpus_per_worker,
+            gpus_per_worker=per.gpus_per_worker,
         ),
-        {"cpu": per.cpus_per_worker, "gpu": per.gpus_per_worker},
+        trial_resources(per),
     )
-    sink = ParquetSink(
+    sink = ResumableParquetSink(
         storage, sweep.name, space, training.epochs, list(objectives), code_version()
     )
     callbacks = [sink, FrontPrinter(storage, sweep)]
-    experiment = f"{results}/{EXPERIMENT}"
-    if tune.Tuner.can_restore(experiment):
+    if restoring:
         print(f"resuming sweep {sweep.name!r} from {experiment}", flush=True)
         tuner = tune.Tuner.restore(
             experiment, trainable=trainable, resume_errored=True, restart_errored=False
@@ -197,6 +274,9 @@ def run_sweep(sweep: SweepConfig, *, config_source: str = "") -> str:
                 scheduler=build_scheduler(sweep, training.epochs),
                 num_samples=sweep.num_trials,
                 max_concurrent_trials=max_concurrent(sweep),
+                # A new actor per trial costs seconds (a process importing torch and the
+                # project); trials of one sweep share their resources, so reuse them.
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=EXPERIMENT,

@@ -20,6 +20,11 @@ from trainables.config import ConfigError, TrainConfig, flatten, load_config
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
 
+def is_uri(storage: str) -> bool:
+    """True for ``scheme://...`` other than ``file://`` (a remote or in-memory filesystem)."""
+    return "://" in storage and not storage.startswith("file://")
+
+
 class SweepConfigError(ValueError):
     """A sweep config is invalid; the message names the file and every bad key path."""
 
@@ -86,6 +91,19 @@ class SweepConfig(_Group):
     max_failures: int = Field(1, ge=0, description="retries of a failed trial")
     constraints: list[Constraint] = Field(default_factory=list)
     report_every_s: float = Field(60.0, gt=0, description="print the front this often")
+    optuna_storage: Literal["none", "journal", "sqlite"] = Field(
+        "none", description="durable study under <storage>/<name>/ (local storage paths only)"
+    )
+
+    @model_validator(mode="after")
+    def _durable_study_needs_a_path(self) -> SweepConfig:
+        if self.optuna_storage != "none" and is_uri(self.storage):
+            raise ValueError(
+                f"optuna_storage={self.optuna_storage!r} writes a local file, but storage"
+                f" {self.storage!r} is a URI: use a path (a shared filesystem on a cluster)"
+                " or optuna_storage: none"
+            )
+        return self
 
     def training_config(self, params: dict[str, Any] | None = None) -> TrainConfig:
         """The training config of one trial: fixed settings, then the sampled ``params``."""

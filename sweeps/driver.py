@@ -22,6 +22,9 @@ from typing import Any
 import optuna
 import pandas as pd
 import ray
+from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.search.optuna import OptunaSearch
@@ -30,6 +33,7 @@ from analysis.pareto import pareto_front
 from sweeps.config import Resources, SweepConfig
 from sweeps.results import ParquetSink, read_trials
 from sweeps.schedulers import MultiObjectiveASHA
+from sweeps.teachers import prepare_teachers
 from trainables.tune import run_trial, worst_value
 
 EXPERIMENT = "ray"  # Ray's own experiment folder inside <storage>/<sweep>/
@@ -58,6 +62,19 @@ class ParetoOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self.total_epochs, self.constraints = total_epochs, constraints
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore Tune's snapshot of the searcher, then close the study's orphans.
+
+        With a durable study, trials asked after the snapshot (before the driver died) stay
+        RUNNING in the storage although no Tune trial will ever finish them: told as FAIL,
+        they no longer count as pending for the sampler or look alive in Optuna's tools.
+        """
+        super().restore(checkpoint_path)
+        known = {trial.number for trial in self._ot_trials.values()}
+        for trial in self._ot_study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
+            if trial.number not in known:
+                self._ot_study.tell(trial.number, state=TrialState.FAIL)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if result and trial_id in self._ot_trials and self.constraints:
             values = [low - float(result.get(m, 0.0)) for m, low in self.constraints.items()]
@@ -68,6 +85,30 @@ class ParetoOptunaSearch(OptunaSearch):
             and int(result.get("epoch", 0)) < self.total_epochs
         )
         super().on_trial_complete(trial_id, None if stopped_early else result, error)
+
+
+OPTUNA_FILES = {"journal": "optuna.journal", "sqlite": "optuna.sqlite3"}
+
+
+def optuna_storage(sweep: SweepConfig, results: str, restoring: bool) -> BaseStorage | None:
+    """The durable study under the sweep's folder, or None (in memory, pickled by Tune).
+
+    Only a fresh sweep creates one; a resumed sweep's searcher brings its own. A file left
+    by a sweep that died before Tune's first snapshot would mix two searches in one study:
+    refuse, naming it, rather than append to it or delete it.
+    """
+    if sweep.optuna_storage == "none" or restoring:
+        return None
+    path = Path(results.removeprefix("file://")) / OPTUNA_FILES[sweep.optuna_storage]
+    if path.exists():
+        raise FileExistsError(
+            f"{path} holds an Optuna study but {results} has no Tune experiment to resume:"
+            " move the file away (or delete it) to start the sweep afresh"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if sweep.optuna_storage == "sqlite":
+        return optuna.storages.RDBStorage(f"sqlite:///{path}")
+    return JournalStorage(JournalFileBackend(str(path)))
 
 
 def constraint_values(trial: optuna.trial.FrozenTrial) -> list[float]:
@@ -234,6 +275,7 @@ def run_sweep(sweep: SweepConfig, *, config_source: str = "") -> str:
     per = sweep.resources
     experiment = f"{results}/{EXPERIMENT}"
     restoring = tune.Tuner.can_restore(experiment)
+    prepare_teachers(sweep, space)
     trainable = tune.with_resources(
         tune.with_parameters(
             replay_or_run,
@@ -264,6 +306,7 @@ def run_sweep(sweep: SweepConfig, *, config_source: str = "") -> str:
             mode=list(objectives.values()),
             sampler=build_sampler(sweep),
             study_name=sweep.name,
+            storage=optuna_storage(sweep, results, restoring),
             total_epochs=training.epochs,
             constraints={c.metric: c.min for c in sweep.constraints},
         )

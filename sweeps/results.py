@@ -361,18 +361,24 @@ class ParquetSink(Callback):
         return pa.Table.from_pylist(rows, schema=schema)
 
     def _write_atomic(self, kind: str, trial_id: str, table: pa.Table) -> None:
-        """Write under a hidden temporary name, then move into place (replacing)."""
-        directory = f"{self.sweep_path}/{kind}"
-        name = f"trial={trial_id}.parquet"
-        temporary = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
-        self.filesystem.create_dir(directory, recursive=True)
-        try:
-            pq.write_table(table, temporary, filesystem=self.filesystem)
-            self.filesystem.move(temporary, f"{directory}/{name}")
-        except BaseException:
-            if self.filesystem.get_file_info(temporary).type != pafs.FileType.NotFound:
-                self.filesystem.delete_file(temporary)
-            raise
+        write_atomic(
+            self.filesystem, f"{self.sweep_path}/{kind}", f"trial={trial_id}.parquet", table
+        )
+
+
+def write_atomic(filesystem: pafs.FileSystem, directory: str, name: str, table: pa.Table) -> None:
+    """Write ``table`` as ``directory/name`` under a hidden temporary name, then move it into
+    place (replacing), so readers never see a partial file. Also used by the analysis to
+    write re-certification results next to a sweep."""
+    temporary = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
+    filesystem.create_dir(directory, recursive=True)
+    try:
+        pq.write_table(table, temporary, filesystem=filesystem)
+        filesystem.move(temporary, f"{directory}/{name}")
+    except BaseException:
+        if filesystem.get_file_info(temporary).type != pafs.FileType.NotFound:
+            filesystem.delete_file(temporary)
+        raise
 
 
 def _read(

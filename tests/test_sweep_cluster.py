@@ -25,9 +25,8 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import pytest
-import yaml
+from sweep_helpers import write_short_demo
 
-from sweeps.config import CONFIGS_DIR
 from sweeps.results import read_trials
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,17 +36,8 @@ SWEEP = "demo"
 
 
 def tiny_demo(directory: Path, num_trials: int = NUM_TRIALS) -> Path:
-    """The demo sweep cut to ``num_trials`` trials of 2 epochs (seconds each on a CPU).
-
-    The demo's eps-ramp parameters do not fit 2 epochs: fix a 1-epoch ramp at epoch 1.
-    """
-    raw = yaml.safe_load((CONFIGS_DIR / "demo.yaml").read_text())
-    raw["num_trials"] = num_trials
-    raw["training"].update({"epochs": 2, "eval.every": 1, "eps_schedule.length": 1})
-    raw["space"]["overrides"].update({"eps_schedule.start": None, "eps_schedule.length": None})
-    path = directory / "tiny_demo.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    """The demo sweep cut to ``num_trials`` trials of 2 epochs (seconds each on a CPU)."""
+    return write_short_demo(directory, num_trials=num_trials)
 
 
 @contextmanager

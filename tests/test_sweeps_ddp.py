@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import ray
+from sweep_helpers import write_short_demo
 
-from sweeps.config import CONFIGS_DIR, load_sweep
+from sweeps.config import load_sweep
 from sweeps.driver import EXPERIMENT, max_concurrent, run_sweep
 from sweeps.results import read_trials
 from trainables.data import load_dataset
@@ -33,15 +34,9 @@ def _tune_reports(results: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_ddp_trial_reports_rank_zeros_all_reduced_metrics(tmp_path, local_ray) -> None:
-    overrides = {
-        "storage": str(tmp_path),
-        "num_trials": 1,
-        "resources": {"workers": 2, "cpus_per_worker": 0.5},
-    }
-    sweep = load_sweep(CONFIGS_DIR / "demo.yaml", overrides)
-    short = {"epochs": 2, "eval.every": 1, "eps_schedule.length": 1}
-    sweep = sweep.model_copy(update={"training": {**sweep.training, **short}})
-    sweep.space.overrides.update({"eps_schedule.start": None, "eps_schedule.length": None})
+    resources = {"workers": 2, "cpus_per_worker": 0.5}
+    path = write_short_demo(tmp_path, storage=str(tmp_path), num_trials=1, resources=resources)
+    sweep = load_sweep(path)
     assert max_concurrent(sweep) == 1  # the driver's CPU counts: 2 // (1 + 2 * 0.5)
     results = run_sweep(sweep)
 

@@ -36,6 +36,7 @@ import ray.train
 from ray import tune
 
 from trainables.config import load_config
+from trainables.teachers.cache import ensure_teacher
 from trainables.training.callbacks import Callback, RunInfo
 from trainables.training.checkpoint import CHECKPOINT_NAME
 from trainables.training.loop import RunResult, train
@@ -144,6 +145,7 @@ def run_trial(
     ``devices`` counts the GPUs (else CPUs) of all workers together, for ``device_hours``.
     """
     trial_id = tune.get_context().get_trial_id()
+    ensure_teacher(load_config(training, params))  # normally cached by the sweep's first stage
     run = _TrialRun(params, training, objectives, results_uri, devices, trial_id)
     if workers == 1:
         tune.report(run.train(tune.get_checkpoint(), _Reporter))

@@ -15,7 +15,8 @@ teacher. Entries come from three places, first match wins:
         cnn7-trades:                  # a recipe: training-config keys, nested or dotted
           recipe: {method.name: trades, model.name: cnn7, dataset.name: cifar10, epochs: 100}
 
-* the built-in recipes ``pgd-at-digits`` and ``trades-digits`` (``BUILTIN_RECIPES``);
+* the built-in recipes ``pgd-at-digits``, ``trades-digits`` and ``pgd-at-digits-fast``
+  (``BUILTIN_RECIPES``);
 * the generic form ``<method>`` or ``<method>:<model>`` (method ``pgd-at`` or ``trades``): a
   recipe with the student's dataset, eps, epochs, batch size, optimiser, eps schedule and
   attack, and the student's model (or ``<model>`` with its default options), seed 0.
@@ -68,9 +69,19 @@ _DIGITS_RECIPE: dict[str, Any] = {
     "eps_schedule.length": 8,
 }
 
+#: A cheaper digits teacher for the demo sweep's time budget: fewer epochs and attack steps.
+_FAST_DIGITS_RECIPE: dict[str, Any] = {
+    **_DIGITS_RECIPE,
+    "epochs": 8,
+    "eps_schedule.start": 1,
+    "eps_schedule.length": 3,
+    "attack.steps": 5,
+}
+
 BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
     "pgd-at-digits": {**_DIGITS_RECIPE, "method.name": "pgd-at"},
     "trades-digits": {**_DIGITS_RECIPE, "method.name": "trades"},
+    "pgd-at-digits-fast": {**_FAST_DIGITS_RECIPE, "method.name": "pgd-at"},
 }
 
 #: Student keys a generic recipe (``pgd-at``, ``trades:cnn7``) takes over.

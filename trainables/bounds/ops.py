@@ -326,10 +326,18 @@ def _batchnorm_op(
         var = activation.var(dim=reduce, unbiased=False)
     else:
         mean, var = layer.running_mean, layer.running_var
+    return ChannelAffineOp(*batchnorm_affine(layer, mean, var), spatial_dims)
+
+
+def batchnorm_affine(layer: nn.Module, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel ``(scale, shift)`` of a BatchNorm normalising with ``mean`` and ``var``.
+
+    Written out because ``F.batch_norm`` rejects statistics that carry gradients.
+    """
     scale = torch.rsqrt(var + layer.eps)
     if layer.weight is not None:
         scale = scale * layer.weight
     shift = -mean * scale
     if layer.bias is not None:
         shift = shift + layer.bias
-    return ChannelAffineOp(scale, shift, spatial_dims)
+    return scale, shift

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from trainables.bounds.ops import batchnorm_affine
+
 Statistics = dict[nn.Module, tuple[Tensor, Tensor]]
 
 
@@ -60,13 +62,8 @@ def normalise_with(model: nn.Module, statistics: Statistics) -> Iterator[None]:
 
 
 def _fixed_statistics_forward(bn: nn.Module, mean: Tensor, var: Tensor):
-    """Affine normalisation written out: ``F.batch_norm`` rejects statistics with gradients."""
-    scale = torch.rsqrt(var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
+    """The BatchNorm as the affine map its ``(mean, var)`` define (the bounds' own map)."""
+    scale, shift = batchnorm_affine(bn, mean, var)
 
     def forward(x: Tensor) -> Tensor:
         shape = [1, -1] + [1] * (x.dim() - 2)

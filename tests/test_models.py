@@ -8,6 +8,7 @@ from torch import nn
 
 from trainables.models import (
     CERTIFIABLE_MODELS,
+    LIPSCHITZ_MODELS,
     MODELS,
     Normalize,
     PreActBlock,
@@ -24,6 +25,7 @@ SMALL_OPTIONS = {
     "cnn7_tin": {"width": 4, "linear_size": 16},
     "preact_resnet18": {"width": 4},
     "wide_resnet": {"depth": 10, "widen_factor": 1},
+    "lip_mlp": {"depth": 1, "width": 16},
 }
 SUPPORTED_LAYERS = (
     nn.Linear,
@@ -61,8 +63,10 @@ def hooked_io(module: nn.Module, model: nn.Module, x: torch.Tensor):
 
 
 def test_registry_lists_all_models_and_certifiable_subset():
-    assert MODELS == ("mlp", "cnn_small", "cnn7", "cnn7_tin", "preact_resnet18", "wide_resnet")
+    teachers = ("preact_resnet18", "wide_resnet")
+    assert ("mlp", "cnn_small", "cnn7", "cnn7_tin", *teachers, "lip_mlp") == MODELS
     assert CERTIFIABLE_MODELS == ("mlp", "cnn_small", "cnn7", "cnn7_tin")
+    assert LIPSCHITZ_MODELS == ("lip_mlp",)
     assert set(SMALL_OPTIONS) == set(MODELS)
 
 
@@ -184,7 +188,7 @@ def test_certifiable_models_use_only_supported_layers(name):
 
 
 def test_teachers_are_not_plain_stacks():
-    for name in set(MODELS) - set(CERTIFIABLE_MODELS):
+    for name in set(MODELS) - set(CERTIFIABLE_MODELS) - set(LIPSCHITZ_MODELS):
         model = small_model(name, (3, 32, 32))
         assert any(isinstance(module, PreActBlock) for module in model.modules())
 

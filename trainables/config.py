@@ -18,7 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 CERTIFIED_METHODS = ("ibp", "crown-ibp", "cc-ibp", "mtl-ibp", "exp-ibp", "sabr")
 ADVERSARIAL_METHODS = ("pgd-at", "trades")
-METHODS = ("standard", *CERTIFIED_METHODS, *ADVERSARIAL_METHODS)
+#: Gaussian data augmentation for randomized smoothing (Cohen et al. 2019).
+SMOOTHING_METHODS = ("gaussian",)
+#: Margin losses for Lipschitz networks (deel-torchlip's hinge and HKR).
+LIPSCHITZ_METHODS = ("hinge", "hkr")
+METHODS = (
+    "standard",
+    *CERTIFIED_METHODS,
+    *ADVERSARIAL_METHODS,
+    *SMOOTHING_METHODS,
+    *LIPSCHITZ_METHODS,
+)
 #: Methods whose loss uses a PGD attack during training.
 ATTACKING_METHODS = ("cc-ibp", "mtl-ibp", "exp-ibp", "sabr", *ADVERSARIAL_METHODS)
 
@@ -78,6 +88,13 @@ class MethodConfig(_Group):
     train_eps_factor: float = Field(1.0, gt=0, le=10, description="bound box = eps x this")
     attack_eps_factor: float = Field(1.0, gt=0, le=10, description="attack box = eps x this")
     l1: float = Field(0.0, ge=0, le=1, description="L1 penalty on conv/linear weights")
+    sigma: float = Field(0.25, gt=0, le=10, description="gaussian: noise std (L2, pixels)")
+    min_margin: float = Field(
+        1.0, gt=0, le=100, description="hinge/hkr: logit margin the hinge term asks for"
+    )
+    hkr_alpha: float = Field(
+        0.98, ge=0, le=1, description="hkr: hinge weight; 1 - hkr_alpha weighs the KR term"
+    )
 
 
 class AttackConfig(_Group):
@@ -106,7 +123,15 @@ class WarmupConfig(_Group):
 
 
 class EvalConfig(_Group):
-    verifier: Literal["ibp", "crown-ibp", "crown"] | None = Field(
+    """Evaluation during and after training (``trainables.evaluation``).
+
+    Verifiers certify the L-inf ball of ``eval_eps``: bound methods and "lipschitz" (the
+    global-constant certificate; the only one for ``lip_*`` models) every epoch; "milp"
+    (complete, exponential in unstable ReLUs: small nets, with ``final_subset``) at the end
+    only. Smoothing certifies L2 radii with a probability: ``python -m trainables.certify``.
+    """
+
+    verifier: Literal["ibp", "crown-ibp", "crown", "lipschitz"] | None = Field(
         "crown-ibp", description="null: no certificate (e.g. residual teachers)"
     )
     split: Literal["val", "test"] = "val"
@@ -115,7 +140,11 @@ class EvalConfig(_Group):
     pgd_restarts: int = Field(1, ge=1, le=100)
     every: int = Field(1, ge=1, description="evaluate every N epochs (and at the end)")
     batch_size: int = Field(256, ge=1)
-    final_verifier: Literal["ibp", "crown-ibp", "crown"] | None = "crown"
+    final_verifier: Literal["ibp", "crown-ibp", "crown", "lipschitz", "milp"] | None = "crown"
+    final_attack: Literal["pgd", "autoattack"] = Field(
+        "pgd", description="autoattack: the standard AutoAttack (needs pyautoattack; slow)"
+    )
+    milp_time_limit: float = Field(10.0, gt=0, le=86400, description="seconds per sample")
     final_split: Literal["val", "test"] = "test"
     final_subset: int | None = Field(None, ge=1)
 

@@ -1,12 +1,14 @@
-"""Model zoo: certifiable students and residual teachers, all named ``nn.Sequential``s."""
+"""Model zoo: certifiable students, 1-Lipschitz networks and residual teachers, all named
+``nn.Sequential``s."""
 
 from trainables.models.features import feature_names, feature_prefix, forward_features
 from trainables.models.layers import Normalize
 from trainables.models.resnets import PreActBlock
-from trainables.models.zoo import CERTIFIABLE_MODELS, MODELS, build_model
+from trainables.models.zoo import CERTIFIABLE_MODELS, LIPSCHITZ_MODELS, MODELS, build_model
 
 __all__ = [
     "CERTIFIABLE_MODELS",
+    "LIPSCHITZ_MODELS",
     "MODELS",
     "Normalize",
     "PreActBlock",

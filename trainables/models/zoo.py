@@ -13,17 +13,20 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from trainables.models import certified, resnets
+from trainables.models import certified, lipschitz, resnets
 from trainables.models.layers import Normalize
 from trainables.models.options import check_int
 
 _BUILDERS: dict[str, Callable[..., OrderedDict[str, nn.Module]]] = {
     **certified.BUILDERS,
     **resnets.BUILDERS,
+    **lipschitz.BUILDERS,
 }
 
 MODELS: tuple[str, ...] = tuple(_BUILDERS)
 CERTIFIABLE_MODELS: tuple[str, ...] = tuple(certified.BUILDERS)
+#: Certified by their Lipschitz constant (``trainables.certify.lipschitz``), not by bounds.
+LIPSCHITZ_MODELS: tuple[str, ...] = tuple(lipschitz.BUILDERS)
 
 
 def _options_of(builder: Callable[..., object]) -> list[str]:

@@ -3,7 +3,8 @@
 ``train(config)`` builds data, model and optimiser from a ``TrainConfig``, resumes from the
 checkpoint directory when one holds a checkpoint, trains with the configured method and eps
 schedule, evaluates on the validation split each ``eval.every`` epochs, reports through
-callbacks, and finally evaluates on ``eval.final_split`` with ``eval.final_verifier``.
+callbacks, and finally evaluates on ``eval.final_split`` with ``eval.final_verifier`` and
+``eval.final_attack``.
 A non-finite loss ends the run with status "diverged" (before the bad step is applied).
 With ``teacher.name`` set, the loop loads the teacher (it never trains one: recipe teachers
 come from ``trainables.teachers.cache.ensure_teacher``), adds the teacher's validation
@@ -90,7 +91,7 @@ class _Run:
         self.dist = Distributed.current()
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
-        self.splits = splits or _load_splits(config)
+        self.splits = splits or load_splits(config)
         info = self.splits.info
         self.model = build_model(
             config.model.name,
@@ -243,12 +244,20 @@ class _Run:
     def _final_evaluation(self) -> dict[str, float]:
         ev = self.config.eval
         split = self.splits.val if ev.final_split == "val" else self.splits.test
-        metrics = self._evaluate(split, ev.final_verifier, ev.final_subset, seed=0)
+        metrics = self._evaluate(
+            split, ev.final_verifier, ev.final_subset, seed=0, attack=ev.final_attack
+        )
         metrics["verifier"] = ev.final_verifier
         return {f"{ev.final_split}_{k}": v for k, v in metrics.items()}
 
     def _evaluate(
-        self, dataset, verifier, subset, seed: int, model: nn.Module | None = None
+        self,
+        dataset,
+        verifier,
+        subset,
+        seed: int,
+        model: nn.Module | None = None,
+        attack: str = "pgd",
     ) -> dict[str, float]:
         ev = self.config.eval
         return evaluate(
@@ -263,6 +272,8 @@ class _Run:
             device=self.device,
             seed=self.config.seed * 100003 + seed,
             distributed=self.dist,
+            attack=attack,
+            milp_time_limit=ev.milp_time_limit,
         )
 
     # -- data and checkpoints --------------------------------------------------------------
@@ -329,7 +340,8 @@ class _Run:
         self.attack_generator.set_state(state["attack_rng"].cpu())
 
 
-def _load_splits(config: TrainConfig) -> DatasetSplits:
+def load_splits(config: TrainConfig) -> DatasetSplits:
+    """The dataset splits a run of ``config`` uses (its validation split depends on the seed)."""
     data = config.dataset
     return load_dataset(
         data.name,

@@ -1,4 +1,5 @@
-"""One training step's loss for every method: standard, certified (IBP family) and adversarial.
+"""One training step's loss for every method: standard, certified (IBP family), adversarial,
+Gaussian noise (randomized smoothing) and margin losses (Lipschitz networks).
 
 Every step starts with the clean forward pass (through the DDP wrapper when distributed, so
 DDP sees exactly one forward per step); it updates the BatchNorm running statistics and,
@@ -26,7 +27,7 @@ from trainables.bounds.interval import fold_spec, propagate_intervals
 from trainables.bounds.linear import ReLURelaxation, backward_lower_bound
 from trainables.bounds.ops import AffineOp, DenseOp, linearize
 from trainables.bounds.spec import margin_spec
-from trainables.config import TrainConfig
+from trainables.config import LIPSCHITZ_METHODS, TrainConfig
 from trainables.losses.adversarial import trades_kl
 from trainables.losses.certified import (
     cc_ibp_loss,
@@ -37,6 +38,7 @@ from trainables.losses.certified import (
     mtl_ibp_loss,
     sabr_box,
 )
+from trainables.losses.lipschitz import hkr_loss
 from trainables.losses.regularizers import relu_balance_term, tightness_term
 from trainables.models import forward_features
 from trainables.schedules import kappa, warmup_weight
@@ -140,6 +142,11 @@ class MethodStep:
             out = StepOutput({"natural": F.cross_entropy(logits, y)}, logits)
         elif name in ("pgd-at", "trades"):
             out = self._adversarial(x, y, eps, logits, statistics)
+        elif name == "gaussian":
+            out = self._gaussian(x, y, logits, statistics)
+        elif name in LIPSCHITZ_METHODS:
+            alpha = 1.0 if name == "hinge" else self.method.hkr_alpha
+            out = StepOutput({"margin": hkr_loss(logits, y, alpha, self.method.min_margin)}, logits)
         else:
             out = self._certified(x, y, eps, logits, statistics)
         if self.method.l1 > 0:
@@ -163,6 +170,18 @@ class MethodStep:
             "robust": self.method.trades_beta * trades_kl(logits, adv_logits),
         }
         return StepOutput(terms, logits)
+
+    # -- randomized smoothing --------------------------------------------------------------
+
+    def _gaussian(
+        self, x: Tensor, y: Tensor, logits: Tensor, statistics: Statistics | None
+    ) -> StepOutput:
+        """Cross-entropy on ``x + N(0, sigma^2 I)`` (Cohen et al. 2019): the base classifier
+        of a smoothed one must classify noisy inputs. Not clipped to [0, 1], as at
+        certification (``certify.smoothing``)."""
+        noise = torch.randn(x.shape, generator=self.generator, dtype=x.dtype).to(x.device)
+        noisy_logits, _ = self._forward_with(x + self.method.sigma * noise, statistics)
+        return StepOutput({"noisy": F.cross_entropy(noisy_logits, y)}, logits)
 
     # -- certified training ----------------------------------------------------------------
 

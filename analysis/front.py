@@ -1,0 +1,169 @@
+"""Pareto fronts and hypervolumes of sweep trials (rows as ``analysis.load`` returns them).
+
+The maths is ``analysis.pareto``'s; this layer decides which trials take part. By default
+only completed trials that ran their full epoch budget: a pruned trial's objectives are
+low-budget values that no full trial would be compared against, and failed or diverged
+trials have none. ``all_trials=True`` ranks every row with objective values.
+
+Objectives default to the ones the sweep optimised (``df.attrs["objectives"]``, set by
+``load``), else ``analysis.pareto.DEFAULT_OBJECTIVES``; all are maximised unless
+``directions`` says otherwise (the Parquet files record objective names, not modes).
+The hypervolume's default reference is 0 for every objective: for accuracies in [0, 1] the
+worst possible value, so hypervolumes of different sweeps are comparable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis import pareto
+from analysis.loading import load
+
+__all__ = [
+    "Comparison",
+    "compare",
+    "finished",
+    "hypervolume",
+    "hypervolume_progress",
+    "objectives_of",
+    "pareto_front",
+]
+
+
+def objectives_of(df: pd.DataFrame, objectives: Sequence[str] | None = None) -> list[str]:
+    """``objectives``, else the sweep's own (``df.attrs``), else the default pair."""
+    if objectives is not None:
+        return list(objectives)
+    return list(df.attrs.get("objectives") or pareto.DEFAULT_OBJECTIVES)
+
+
+def finished(df: pd.DataFrame) -> pd.Series:
+    """Rows of completed trials that ran their full budget (the default front candidates)."""
+    full = (df["epochs_run"] >= df["total_epochs"]).fillna(False).astype(bool)
+    return df["status"].eq("completed").fillna(False).astype(bool) & full
+
+
+def _candidates(
+    df: pd.DataFrame, objectives: Sequence[str] | None, all_trials: bool
+) -> tuple[pd.DataFrame, list[str]]:
+    """The objective columns, NaN where a row takes no part (``analysis.pareto`` skips NaN)."""
+    names = objectives_of(df, objectives)
+    missing = [name for name in names if name not in df]
+    if missing:
+        raise ValueError(f"unknown objective column(s) {missing}; available: {list(df.columns)}")
+    values = df[names].astype(float)
+    return (values if all_trials else values.where(finished(df))), names
+
+
+def pareto_front(
+    df: pd.DataFrame,
+    objectives: Sequence[str] | None = None,
+    directions: Sequence[str] | None = None,
+    *,
+    all_trials: bool = False,
+) -> pd.DataFrame:
+    """``on_front`` (bool) and non-dominated sorting ``rank`` (Int64, 0 = front) per row,
+    indexed like ``df``; rows that take no part get ``on_front=False`` and ``rank=<NA>``."""
+    values, names = _candidates(df, objectives, all_trials)
+    return pareto.pareto_front(values, names, directions)
+
+
+def hypervolume(
+    df: pd.DataFrame,
+    objectives: Sequence[str] | None = None,
+    directions: Sequence[str] | None = None,
+    reference: Sequence[float] | None = None,
+    *,
+    all_trials: bool = False,
+) -> float:
+    """Hypervolume dominated by the (default: full-budget, completed) trials; the default
+    reference is 0 per objective (required with minimised objectives)."""
+    values, names = _candidates(df, objectives, all_trials)
+    return pareto.hypervolume(values, names, directions, reference)
+
+
+def _trial_order(df: pd.DataFrame) -> pd.Index:
+    """Rows in the order the trials ended (``written_at``, then trial id)."""
+    keys = [key for key in ("written_at", "trial_id") if key in df]
+    return df.sort_values(keys, kind="stable").index if keys else df.index
+
+
+def hypervolume_progress(
+    df: pd.DataFrame,
+    objectives: Sequence[str] | None = None,
+    directions: Sequence[str] | None = None,
+    reference: Sequence[float] | None = None,
+    *,
+    all_trials: bool = False,
+) -> pd.Series:
+    """Hypervolume after each trial, in the order the trials ended (indexed by row)."""
+    order = _trial_order(df)
+    values, names = _candidates(df.loc[order], objectives, all_trials)
+    curve = pareto.hypervolume_progress(values, names, directions, reference)
+    return pd.Series(curve, index=order, name="hypervolume")
+
+
+_STATUSES = ("completed", "pruned", "failed", "diverged")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``summary``: one row per sweep (trial counts, front size, hypervolume, best value of
+    each objective); ``fronts``: the front members of every sweep (with ``sweep``)."""
+
+    summary: pd.DataFrame
+    fronts: pd.DataFrame
+
+
+def compare(
+    *sweeps: str | pd.DataFrame,
+    objectives: Sequence[str] | None = None,
+    directions: Sequence[str] | None = None,
+    reference: Sequence[float] | None = None,
+) -> Comparison:
+    """Fronts and hypervolumes of several sweeps side by side, under one reference point.
+
+    Each argument is a location (path or URI, loaded with ``load``) or a frame of trial rows;
+    a frame or a storage folder holding several sweeps contributes each of them.
+    """
+    frames = [load(sweep) if isinstance(sweep, str) else sweep for sweep in sweeps]
+    if not frames:
+        raise ValueError("compare() needs at least one sweep")
+    names = objectives_of(frames[0], objectives)
+    seen: dict[str, int] = {}
+    rows, fronts = [], []
+    for position, frame in enumerate(frames):
+        for sweep, trials in frame.groupby("sweep", sort=False):
+            if seen.setdefault(str(sweep), position) != position:
+                raise ValueError(f"sweep {sweep!r} is given twice (rename one to compare them)")
+            front = pareto_front(trials, names, directions)
+            done = trials[finished(trials)]
+            counts = trials["status"].value_counts()
+            rows.append(
+                {
+                    "sweep": sweep,
+                    "trials": len(trials),
+                    **{status: int(counts.get(status, 0)) for status in _STATUSES},
+                    "front_size": int(front["on_front"].sum()),
+                    "hypervolume": hypervolume(trials, names, directions, reference),
+                    **{
+                        f"best {name}": _best(done[name], directions, i)
+                        for i, name in enumerate(names)
+                    },
+                }
+            )
+            fronts.append(trials[front["on_front"]].assign(rank=front["rank"]))
+    fronts = [front for front in fronts if not front.empty]
+    front_rows = pd.concat(fronts, ignore_index=True) if fronts else frames[0].iloc[:0]
+    return Comparison(pd.DataFrame(rows).set_index("sweep"), front_rows)
+
+
+def _best(values: pd.Series, directions: Sequence[str] | None, i: int) -> float:
+    if values.dropna().empty:
+        return np.nan
+    minimise = directions is not None and directions[i] == "minimize"
+    return float(values.min() if minimise else values.max())

@@ -1,0 +1,173 @@
+"""Plots, importances and the report (markdown, PNGs, self-contained HTML) on synthetic sweeps.
+
+No headless browser exists on the development machines, so the page is checked with an HTML
+parser: well nested, every image an embedded PNG that decodes, the tables present.
+"""
+
+from __future__ import annotations
+
+import base64
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from analysis_helpers import downgrade_to_v0, write_sweep
+from matplotlib.figure import Figure
+
+from analysis import (
+    build_report,
+    front_figure,
+    hypervolume_figure,
+    importance_figure,
+    learning_curves_figure,
+    load,
+    param_importances,
+    pareto_front,
+)
+from analysis.__main__ import main
+from analysis.importance import study_from_trials
+from analysis.loading import find_sweeps
+from analysis.recertified import read_recertified, write_recertified
+
+PNG = b"\x89PNG\r\n\x1a\n"
+VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+
+class PageChecker(HTMLParser):
+    """Checks nesting and collects images and table count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.images: list[str] = []
+        self.tables = 0
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.images.append(dict(attrs)["src"] or "")
+        if tag == "table":
+            self.tables += 1
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1:]}>"
+        self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def check_page(text: str) -> PageChecker:
+    checker = PageChecker()
+    checker.feed(text)
+    checker.close()
+    assert checker.stack == [], f"unclosed tags {checker.stack}"
+    for src in checker.images:
+        assert src.startswith("data:image/png;base64,"), src[:40]
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG)
+    return checker
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> str:
+    write_sweep(str(tmp_path / "store"), "demo", n=30, error_dir=tmp_path)
+    return str(tmp_path / "store" / "demo")
+
+
+def test_figures(sweep: str, tmp_path: Path) -> None:
+    trials, epochs = load(sweep, epochs=True)
+    figures = [
+        front_figure(trials),
+        hypervolume_figure(trials),
+        learning_curves_figure(trials, epochs),
+        importance_figure(param_importances(trials)),
+        # degenerate inputs draw a figure that says so
+        learning_curves_figure(trials.iloc[:0], epochs.iloc[:0]),
+        importance_figure(param_importances(trials.iloc[:1])),
+        front_figure(trials[trials.status == "failed"]),
+    ]
+    for i, figure in enumerate(figures):
+        assert isinstance(figure, Figure)
+        figure.savefig(tmp_path / f"{i}.png")
+        assert (tmp_path / f"{i}.png").read_bytes().startswith(PNG)
+    legend = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert any(t.startswith("Pareto front") for t in legend)
+    assert any(t.startswith("pruned") for t in legend)
+    assert any(t.startswith("failed / diverged") for t in legend)
+
+
+def test_importances_rank_conditional_parameters(sweep: str) -> None:
+    trials = load(sweep)
+    done = trials[(trials.status == "completed")]
+    study = study_from_trials(trials)
+    assert len(study.trials) == len(done)
+    assert all(set(t.params) == set(study.trials[0].params) for t in study.trials)
+    sabr = study.trials[0].distributions["method.sabr_lambda"]
+    imputed = {t.params["method.sabr_lambda"] for t in study.trials} - set(
+        done["param.method.sabr_lambda"].dropna()
+    )
+    assert len(imputed) == 1 and imputed.pop() < done["param.method.sabr_lambda"].min()
+    assert sabr.low < done["param.method.sabr_lambda"].min()
+    assert study.trials[0].distributions["optim.lr"].log  # 1e-4..1e-1 spans three decades
+
+    table = param_importances(trials)
+    assert list(table.columns) == ["val_clean_acc", "val_cert_acc"]
+    assert set(table.index) == {"method.name", "optim.lr", "model.width", "method.sabr_lambda"}
+    assert np.allclose(table.sum(), 1.0) and (table >= 0).all().all()
+    assert table.attrs["trials"] == len(done)
+    pd.testing.assert_frame_equal(table, param_importances(trials))  # seeded: reproducible
+
+
+@pytest.mark.parametrize("version", [1, 0])
+def test_report(sweep: str, tmp_path: Path, version: int) -> None:
+    if version == 0:
+        downgrade_to_v0(Path(sweep))
+    trials = load(sweep)
+    member = trials.loc[pareto_front(trials)["on_front"], "trial_id"].iloc[0]
+    location = find_sweeps(sweep)[0]
+    row = {"trial_id": member, "verifier": "milp", "split": "test", "status": "completed"}
+    write_recertified(location, {**row, "cert_acc": 0.123456, "n": 10})
+    assert len(read_recertified(location)) == 1
+    report = build_report(sweep, str(tmp_path / "out"))
+    assert Path(report.html_path) == tmp_path / "out" / "index.html"
+    for path in report.image_paths:
+        assert Path(path).read_bytes().startswith(PNG)
+    page = check_page(Path(report.html_path).read_text())
+    assert len(page.images) == 4 and page.tables >= 3
+    assert "test_cert_acc [milp]" in "".join(page.text)
+
+    markdown = report.markdown
+    assert (
+        "## Pareto front" in markdown and "| trial_id | val_clean_acc | val_cert_acc |" in markdown
+    )
+    assert "test_cert_acc [milp]" in markdown and "0.1235" in markdown
+    assert "Hypervolume:" in markdown and "reference 0 per objective" in markdown
+    assert "RuntimeError: CUDA out of memory" in markdown  # failures and why
+    # v0 files had no nan_reason column
+    assert ("loss is nan in epoch 3" in markdown) == (version == 1)
+    assert "Budget used:" in markdown
+
+
+def test_cli_report(sweep: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", sweep]) == 0
+    out = capsys.readouterr().out
+    assert "# Sweep demo" in out and f"report: {sweep}/report/index.html" in out
+    check_page(Path(sweep, "report", "index.html").read_text())
+    # the report folder does not disturb loading the sweep
+    assert len(load(sweep)) == 30
+
+
+def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "no sweep results at" in capsys.readouterr().err
+
+
+def test_report_without_finished_trials(tmp_path: Path) -> None:
+    write_sweep(str(tmp_path / "s"), "bad", n=5, error_dir=tmp_path, statuses=("failed",))
+    report = build_report(str(tmp_path / "s" / "bad"))
+    assert "no full-budget completed trials yet" in report.markdown
+    check_page(Path(report.html_path).read_text())

@@ -332,7 +332,26 @@ def run_sweep(sweep: SweepConfig, *, config_source: str = "") -> str:
     tuner.fit()
     print(front_table(storage, sweep), flush=True)
     print(f"results (Parquet): {results}/trials and {results}/epochs", flush=True)
+    write_report(results, sweep)
     return results
+
+
+def write_report(results: str, sweep: SweepConfig) -> None:
+    """The analysis report of the finished sweep; a failure costs only the report."""
+    from analysis.report import build_report  # matplotlib and fANOVA: only when needed
+
+    directions = [{"max": "maximize", "min": "minimize"}[o.mode] for o in sweep.objectives]
+    try:
+        report = build_report(
+            results, objectives=[o.metric for o in sweep.objectives], directions=directions
+        )
+    except Exception as err:  # the sweep's results are written; say why the report is not
+        print(
+            f"no report ({type(err).__name__}: {err}); try: python -m analysis report {results}",
+            flush=True,
+        )
+    else:
+        print(f"report: {report.html_path} (python -m analysis report {results})", flush=True)
 
 
 def code_version() -> str:

@@ -171,6 +171,7 @@ def test_demo_sweep_runs_and_resumes_without_repeating(tmp_path, local_ray, caps
     assert (trials["epochs_run"] == 2).all()
     assert len(read_epochs(str(tmp_path), "demo")) == 6
     assert "Pareto front" in printed and results in printed
+    assert f"report: {results}/report/index.html" in printed
     written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "demo" / "trials").iterdir()}
     run_sweep(sweep)  # the same sweep again: restored, nothing re-run
     again = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "demo" / "trials").iterdir()}

@@ -273,6 +273,9 @@ def test_marabou_timeout():
     assert verdict.status == "timeout" and verdict.seconds < 2.5
 
 
+DECIDED = ("verified", "falsified")
+
+
 def _normalized_mlp(seed: int) -> nn.Sequential:
     """Normalize + Flatten in front of an MLP on [1, 2, 2] images (folded by Marabou)."""
     return nn.Sequential(Normalize([0.4], [0.3]), nn.Flatten(), *_mlp(seed)).double().eval()
@@ -282,12 +285,16 @@ def _normalized_mlp(seed: int) -> nn.Sequential:
 def test_marabou_agrees_with_the_milp():
     cases = [(_mlp(seed), (4,)) for seed in range(6)]
     cases += [(_normalized_mlp(seed), (1, 2, 2)) for seed in (6, 7)]
-    statuses = set()
+    statuses, undecided = set(), 0
     for seed, (model, shape) in enumerate(cases):
         x, y = _inputs(model, seed, 8, shape)
         milp = verify_exact(model, x, y, 0.2, fast_path=False)
         marabou = verify_exact(model, x, y, 0.2, fast_path=False, backend="marabou")
-        assert _statuses(marabou) == _statuses(milp), seed
+        for ours, theirs in zip(_statuses(milp), _statuses(marabou), strict=True):
+            if theirs in DECIDED:
+                assert theirs == ours, seed  # two complete verifiers never disagree
+            else:  # Marabou's rare tie within its tolerance ("unknown"), or a slow machine
+                undecided += 1
         assert {verdict.decided_by for verdict in marabou} == {"marabou"}
         lower, upper = linf_box(x, 0.2)
         for b, verdict in enumerate(marabou):
@@ -297,6 +304,7 @@ def test_marabou_agrees_with_the_milp():
                 assert true_class_margin(model(point[None]), y[b : b + 1]).item() <= 0
         statuses |= set(_statuses(milp))
     assert statuses == {"verified", "falsified"}
+    assert undecided <= 2, f"Marabou left {undecided} of {8 * len(cases)} samples undecided"
 
 
 @pytest.mark.parametrize(

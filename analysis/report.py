@@ -149,8 +149,8 @@ def _overview(
     return [
         f"- Trials: {len(trials)} ({statuses})",
         f"- Objectives: {goals}",
-        f"- Budget used: {used} epochs trained of {budget} had every trial run to the end"
-        f"{share}; {_total(trials, 'wall_time_s', 1 / 3600, 'h wall time, summed over trials')}"
+        f"- Budget used: {used} of {budget} epochs (every trial run to the end){share}; "
+        f"{_total(trials, 'wall_time_s', 1 / 3600, 'h wall time, summed over trials')}"
         f"; {_total(trials, 'device_hours', 1.0, 'device-hours')}",
         f"- Hypervolume: {volume:.4f} (reference {ref}; {int(finished(trials).sum())}"
         " full-budget completed trials)",

@@ -51,7 +51,8 @@ def test_cli_prints_and_writes_rows_that_order_soundly(checkpoint, tmp_path, cap
     linf = rows[rows.norm == "linf"].set_index("method")
     assert (linf.n == 24).all() and (linf.radius == 0.1).all()
     cert = linf.cert_acc
-    assert 0 < cert["ibp"] <= cert["crown"] <= cert["milp"] <= linf.robust_acc["pgd"]
+    # IBP and CROWN are not ordered (either can be tighter); the complete MILP bounds both.
+    assert 0 < max(cert["ibp"], cert["crown"]) <= cert["milp"] <= linf.robust_acc["pgd"]
     assert linf.robust_acc["pgd"] <= linf.clean_acc["pgd"]
     assert set(rows[rows.method == "lipschitz"].norm) == {"linf", "l2"}
     assert rows.lipschitz_constant.dropna().gt(0).all()

@@ -121,8 +121,9 @@ def param_importances(
     evaluator: BaseImportanceEvaluator | None = None,
 ) -> pd.DataFrame:
     """Importance of each parameter (rows) for each objective (columns), each column summing
-    to 1; empty when fewer than two finished trials or no varying parameter. ``attrs["trials"]``
-    is the number of trials the importances come from.
+    to 1 (all 0 for an objective with one value in every trial: fANOVA has no variance to
+    split); empty when fewer than two finished trials or no varying parameter.
+    ``attrs["trials"]`` is the number of trials the importances come from.
 
     ``evaluator`` defaults to fANOVA with a fixed seed, so reports are reproducible.
     """
@@ -134,11 +135,14 @@ def param_importances(
     evaluator = evaluator or FanovaImportanceEvaluator(seed=0)
     columns = {}
     for i, name in enumerate(names):
+        if len({trial.values[i] for trial in complete}) < 2:  # constant: nothing to explain
+            columns[name] = pd.Series(dtype=float)
+            continue
         scores = optuna.importance.get_param_importances(
             study, evaluator=evaluator, target=lambda trial, i=i: trial.values[i]
         )
         columns[name] = pd.Series(scores, dtype=float)
-    table = pd.DataFrame(columns).fillna(0.0)
+    table = pd.DataFrame(columns, columns=names).fillna(0.0)
     order = table.mean(axis=1).sort_values(ascending=False).index
     table = table.loc[order].rename_axis("parameter")
     table.attrs["trials"] = len(complete)

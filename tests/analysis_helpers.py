@@ -70,10 +70,12 @@ def write_sweep(
     error_dir: Path | None = None,
     statuses: tuple[str, ...] = ("completed", "completed", "completed", "pruned", "failed"),
     checkpoint_uri: str = "/nowhere/checkpoint.pt",
+    constant_cert: float | None = None,
 ) -> dict[str, str]:
     """Write ``n`` trials; returns trial id -> status (``diverged`` every 7th trial).
 
-    Completed trials record ``checkpoint_uri`` as their final checkpoint.
+    Completed trials record ``checkpoint_uri`` as their final checkpoint. ``constant_cert``
+    gives every trial that certified accuracy (as short sweeps that certify nothing do).
     """
     rng = np.random.default_rng(seed)
     sink = ParquetSink(storage, name, SPACE, EPOCHS, OBJECTIVES, "test", filesystem=filesystem)
@@ -90,6 +92,7 @@ def write_sweep(
         trial = FakeTrial(f"t{i:03d}", config)
         status = "diverged" if i % 7 == 6 else statuses[int(rng.integers(len(statuses)))]
         clean, cert = rng.integers(0, 5, size=2) / 4  # a coarse grid: ties and duplicates
+        cert = cert if constant_cert is None else constant_cert
         epochs = 1 if status == "pruned" else EPOCHS
         history = [_epoch(e, clean, cert) for e in range(1, epochs + 1)]
         for result in history:

@@ -171,3 +171,13 @@ def test_report_without_finished_trials(tmp_path: Path) -> None:
     report = build_report(str(tmp_path / "s" / "bad"))
     assert "no full-budget completed trials yet" in report.markdown
     check_page(Path(report.html_path).read_text())
+
+
+def test_report_when_an_objective_never_varies(tmp_path: Path) -> None:
+    """Short sweeps often certify nothing: fANOVA cannot split zero variance; the report
+    still comes out, with no importance for that objective."""
+    write_sweep(str(tmp_path / "s"), "flat", error_dir=tmp_path, constant_cert=0.0)
+    table = param_importances(load(str(tmp_path / "s" / "flat")))
+    assert (table["val_cert_acc"] == 0).all() and np.isclose(table["val_clean_acc"].sum(), 1)
+    report = build_report(str(tmp_path / "s" / "flat"))
+    check_page(Path(report.html_path).read_text())

@@ -6,8 +6,8 @@ low-budget values that no full trial would be compared against, and failed or di
 trials have none. ``all_trials=True`` ranks every row with objective values.
 
 Objectives default to the ones the sweep optimised (``df.attrs["objectives"]``, set by
-``load``), else ``analysis.pareto.DEFAULT_OBJECTIVES``; all are maximised unless
-``directions`` says otherwise (the Parquet files record objective names, not modes).
+``load``), else ``analysis.pareto.DEFAULT_OBJECTIVES``; directions default to the sweep's
+own for those objectives (``df.attrs["directions"]``), else all maximised.
 The hypervolume's default reference is 0 for every objective: for accuracies in [0, 1] the
 worst possible value, so hypervolumes of different sweeps are comparable.
 """
@@ -26,6 +26,7 @@ from analysis.loading import load
 __all__ = [
     "Comparison",
     "compare",
+    "directions_of",
     "finished",
     "hypervolume",
     "hypervolume_progress",
@@ -39,6 +40,19 @@ def objectives_of(df: pd.DataFrame, objectives: Sequence[str] | None = None) -> 
     if objectives is not None:
         return list(objectives)
     return list(df.attrs.get("objectives") or pareto.DEFAULT_OBJECTIVES)
+
+
+def directions_of(
+    df: pd.DataFrame, objectives: Sequence[str], directions: Sequence[str] | None = None
+) -> list[str] | None:
+    """``directions``, else the sweep's own when ``objectives`` are its objectives, else None
+    (all maximised)."""
+    if directions is not None:
+        return list(directions)
+    recorded = df.attrs.get("directions")
+    if recorded is not None and list(objectives) == list(df.attrs.get("objectives") or []):
+        return list(recorded)
+    return None
 
 
 def finished(df: pd.DataFrame) -> pd.Series:
@@ -69,7 +83,7 @@ def pareto_front(
     """``on_front`` (bool) and non-dominated sorting ``rank`` (Int64, 0 = front) per row,
     indexed like ``df``; rows that take no part get ``on_front=False`` and ``rank=<NA>``."""
     values, names = _candidates(df, objectives, all_trials)
-    return pareto.pareto_front(values, names, directions)
+    return pareto.pareto_front(values, names, directions_of(df, names, directions))
 
 
 def hypervolume(
@@ -83,7 +97,7 @@ def hypervolume(
     """Hypervolume dominated by the (default: full-budget, completed) trials; the default
     reference is 0 per objective (required with minimised objectives)."""
     values, names = _candidates(df, objectives, all_trials)
-    return pareto.hypervolume(values, names, directions, reference)
+    return pareto.hypervolume(values, names, directions_of(df, names, directions), reference)
 
 
 def _trial_order(df: pd.DataFrame) -> pd.Index:
@@ -103,7 +117,8 @@ def hypervolume_progress(
     """Hypervolume after each trial, in the order the trials ended (indexed by row)."""
     order = _trial_order(df)
     values, names = _candidates(df.loc[order], objectives, all_trials)
-    curve = pareto.hypervolume_progress(values, names, directions, reference)
+    modes = directions_of(df, names, directions)
+    curve = pareto.hypervolume_progress(values, names, modes, reference)
     return pd.Series(curve, index=order, name="hypervolume")
 
 
@@ -134,6 +149,7 @@ def compare(
     if not frames:
         raise ValueError("compare() needs at least one sweep")
     names = objectives_of(frames[0], objectives)
+    directions = directions_of(frames[0], names, directions)
     seen: dict[str, int] = {}
     rows, fronts = [], []
     for position, frame in enumerate(frames):

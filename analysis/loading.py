@@ -45,6 +45,7 @@ __all__ = [
 
 VERSION_KEY = b"certsweep.schema_version"
 OBJECTIVES_KEY = b"certsweep.objectives"
+DIRECTIONS_KEY = b"certsweep.directions"  # written since the sink records modes (still v1)
 
 
 class SchemaVersionError(ValueError):
@@ -172,8 +173,8 @@ def _file_metadata(location: SweepLocation, kind: str) -> dict[str, dict[bytes, 
     }
 
 
-def _check_versions(location: SweepLocation, kind: str) -> list[list[str]]:
-    """Refuse files of unknown versions; returns each trial file's objective list."""
+def _check_versions(location: SweepLocation, kind: str) -> list[Goals]:
+    """Refuse files of unknown versions; returns each file's objectives (and directions)."""
     objectives = []
     for path, metadata in _file_metadata(location, kind).items():
         raw = metadata.get(VERSION_KEY)
@@ -189,7 +190,9 @@ def _check_versions(location: SweepLocation, kind: str) -> list[list[str]]:
                 f" {', '.join(map(str, READABLE_VERSIONS))} (a newer certsweep wrote it?)"
             )
         if OBJECTIVES_KEY in metadata:
-            objectives.append(json.loads(metadata[OBJECTIVES_KEY]))
+            names = tuple(json.loads(metadata[OBJECTIVES_KEY]))
+            modes = metadata.get(DIRECTIONS_KEY)
+            objectives.append((names, None if modes is None else tuple(json.loads(modes))))
     return objectives
 
 
@@ -206,10 +209,14 @@ def _migrate(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts).loc[trials.index].drop(columns=list(_RENAMED_IN_V1), errors="ignore")
 
 
+#: A file's objective names and their directions (None: not recorded, i.e. all maximised).
+Goals = tuple[tuple[str, ...], tuple[str, ...] | None]
+
+
 class _Sweep(NamedTuple):
     trials: pd.DataFrame
     epochs: pd.DataFrame | None
-    objectives: list[list[str]]
+    objectives: list[Goals]
 
 
 def _read_sweep(location: SweepLocation, epochs: bool) -> _Sweep:
@@ -286,8 +293,9 @@ def load(
     ``as_table=True`` gives pyarrow Tables instead of DataFrames. ``filesystem``: the
     location is a path inside it (for filesystems that a URI cannot reopen).
 
-    The frame's ``attrs["objectives"]`` holds the objectives the sweeps optimised (from the
-    files' metadata) when all of them agree; the analysis functions default to them.
+    The frame's ``attrs["objectives"]`` (and ``attrs["directions"]``) hold the objectives the
+    sweeps optimised and their directions (from the files' metadata) when all of them agree;
+    the analysis functions default to them.
     """
     paths = [path_or_uri] if isinstance(path_or_uri, str) else list(path_or_uri)
     if not paths:
@@ -296,9 +304,12 @@ def load(
     read = [_read_sweep(location, epochs) for location in locations]
     trials = _concat([part.trials for part in read])
     trials = trials[_selected(trials, status, full_budget)].reset_index(drop=True)
-    objectives = {tuple(names) for part in read for names in part.objectives}
-    if len(objectives) == 1:
-        trials.attrs["objectives"] = list(objectives.pop())
+    goals = {goal for part in read for goal in part.objectives}
+    if len(goals) == 1:
+        names, modes = goals.pop()
+        trials.attrs["objectives"] = list(names)
+        if modes is not None:
+            trials.attrs["directions"] = list(modes)
     if not epochs:
         return pa.Table.from_pandas(trials, preserve_index=False) if as_table else trials
     history = _concat([part.epochs for part in read if part.epochs is not None])

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 from matplotlib.figure import Figure
 
-from analysis.front import finished, hypervolume, objectives_of, pareto_front
+from analysis.front import directions_of, finished, hypervolume, objectives_of, pareto_front
 from analysis.importance import param_importances
 from analysis.loading import SweepLocation, find_sweeps, load, open_location
 from analysis.plots import (
@@ -222,6 +222,7 @@ def build_report(
     location = locations[0]
     trials, epochs = load(path_or_uri, epochs=True, filesystem=filesystem)
     names = objectives_of(trials, objectives)
+    directions = directions_of(trials, names, directions)
     recertified = read_recertified(location)
     front = front_table(trials, names, directions, recertified)
     failures = failures_table(trials)

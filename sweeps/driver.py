@@ -291,7 +291,13 @@ def run_sweep(sweep: SweepConfig, *, config_source: str = "") -> str:
         trial_resources(per),
     )
     sink = ResumableParquetSink(
-        storage, sweep.name, space, training.epochs, list(objectives), code_version()
+        storage,
+        sweep.name,
+        space,
+        training.epochs,
+        list(objectives),
+        code_version(),
+        directions=directions(sweep),
     )
     callbacks = [sink, FrontPrinter(storage, sweep)]
     if restoring:
@@ -336,14 +342,18 @@ def run_sweep(sweep: SweepConfig, *, config_source: str = "") -> str:
     return results
 
 
+def directions(sweep: SweepConfig) -> list[str]:
+    """The objectives' modes as Optuna and the analysis name them."""
+    return [{"max": "maximize", "min": "minimize"}[o.mode] for o in sweep.objectives]
+
+
 def write_report(results: str, sweep: SweepConfig) -> None:
     """The analysis report of the finished sweep; a failure costs only the report."""
     from analysis.report import build_report  # matplotlib and fANOVA: only when needed
 
-    directions = [{"max": "maximize", "min": "minimize"}[o.mode] for o in sweep.objectives]
     try:
         report = build_report(
-            results, objectives=[o.metric for o in sweep.objectives], directions=directions
+            results, objectives=[o.metric for o in sweep.objectives], directions=directions(sweep)
         )
     except Exception as err:  # the sweep's results are written; say why the report is not
         print(

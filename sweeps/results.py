@@ -160,11 +160,12 @@ def trial_schema(space: SearchSpace, objectives: Iterable[str] = ()) -> pa.Schem
     return pa.schema(fields)
 
 
-def _metadata(kind: str, objectives: list[str]) -> dict[bytes, bytes]:
+def _metadata(kind: str, objectives: list[str], directions: list[str]) -> dict[bytes, bytes]:
     return {
         b"certsweep.schema_version": str(SCHEMA_VERSION).encode(),
         b"certsweep.kind": kind.encode(),
         b"certsweep.objectives": json.dumps(objectives).encode(),
+        b"certsweep.directions": json.dumps(directions).encode(),
     }
 
 
@@ -205,7 +206,8 @@ class ParquetSink(Callback):
     """Writes each ended trial's row and epoch history as Parquet (see the module docstring).
 
     ``objectives`` are metric names; each gets a float64 column in the trial rows and is
-    listed in the file metadata. ``total_epochs`` is the full budget: a trial that ends
+    listed in the file metadata with its direction (``directions``: "maximize" or
+    "minimize" each, default all "maximize"). ``total_epochs`` is the full budget: a trial that ends
     earlier without diverging was stopped by a scheduler and is marked ``pruned``.
     """
 
@@ -218,14 +220,16 @@ class ParquetSink(Callback):
         objectives: list[str],
         code_version: str,
         *,
+        directions: list[str] | None = None,
         filesystem: pafs.FileSystem | None = None,
     ) -> None:
         self.storage, self.sweep, self.space = storage, sweep, space
         self.total_epochs, self.objectives = total_epochs, list(objectives)
+        self.directions = list(directions or ["maximize"] * len(self.objectives))
         self.code_version = code_version
         self._filesystem_arg = filesystem
         self.schema = trial_schema(space, self.objectives).with_metadata(
-            _metadata("trials", self.objectives)
+            _metadata("trials", self.objectives, self.directions)
         )
         self._types = {key: param_type(spec) for key, spec in space.parameters.items()}
         self._seen: dict[str, dict[int, dict[str, Any]]] = {}
@@ -353,7 +357,7 @@ class ParquetSink(Callback):
                 if name not in {"sweep", "trial_id", "epoch"}
             ),
         ]
-        schema = pa.schema(fields, metadata=_metadata("epochs", self.objectives))
+        schema = pa.schema(fields, metadata=_metadata("epochs", self.objectives, self.directions))
         rows = [
             {**metrics, "sweep": self.sweep, "trial_id": trial_id, "epoch": epoch}
             for epoch, metrics in history.items()

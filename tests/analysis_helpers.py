@@ -71,6 +71,7 @@ def write_sweep(
     statuses: tuple[str, ...] = ("completed", "completed", "completed", "pruned", "failed"),
     checkpoint_uri: str = "/nowhere/checkpoint.pt",
     constant_cert: float | None = None,
+    directions: list[str] | None = None,
 ) -> dict[str, str]:
     """Write ``n`` trials; returns trial id -> status (``diverged`` every 7th trial).
 
@@ -78,7 +79,8 @@ def write_sweep(
     gives every trial that certified accuracy (as short sweeps that certify nothing do).
     """
     rng = np.random.default_rng(seed)
-    sink = ParquetSink(storage, name, SPACE, EPOCHS, OBJECTIVES, "test", filesystem=filesystem)
+    options = {"directions": directions, "filesystem": filesystem}
+    sink = ParquetSink(storage, name, SPACE, EPOCHS, OBJECTIVES, "test", **options)
     written = {}
     for i in range(n):
         method = ["ibp", "cc-ibp", "sabr"][i % 3]

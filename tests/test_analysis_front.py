@@ -14,6 +14,7 @@ import pytest
 from analysis_helpers import write_sweep
 
 from analysis import compare, finished, hypervolume, hypervolume_progress, load, pareto_front
+from analysis.front import directions_of
 
 pytest.importorskip("pymoo")
 from pymoo.indicators.hv import HV
@@ -122,3 +123,16 @@ def test_compare_side_by_side(tmp_path: Path) -> None:
     assert compare(str(store)).summary.equals(result.summary)
     with pytest.raises(ValueError, match="given twice"):
         compare(a, a)
+
+
+def test_the_sweeps_recorded_directions_are_the_default(tmp_path) -> None:
+    modes = ["maximize", "minimize"]
+    write_sweep(str(tmp_path), "mixed", error_dir=tmp_path, directions=modes)
+    trials = load(str(tmp_path / "mixed"))
+    assert trials.attrs["directions"] == modes
+    names = trials.attrs["objectives"]
+    explicit = pareto_front(trials, names, modes)
+    pd.testing.assert_frame_equal(pareto_front(trials), explicit)
+    assert not pareto_front(trials).equals(pareto_front(trials, names, ["maximize"] * 2))
+    # other objectives than the sweep's own: the recorded modes do not apply
+    assert directions_of(trials, names[::-1]) is None

@@ -79,7 +79,12 @@ def expected_certified(config: dict[str, Any]) -> set[str]:
     keys = set(CERTIFIED_ALWAYS)
     keys |= {"method.alpha"} if method in CONVEX else set()
     keys |= {"method.sabr_lambda"} if method == "sabr" else set()
-    keys |= {"method.kappa_start", "method.kappa_end"} if method == "crown-ibp" else set()
+    if method == "crown-ibp":
+        keys |= {
+            "method.crown_bound_weight_end",
+            "method.clean_loss_weight_start",
+            "method.clean_loss_weight_end",
+        }
     if method in ATTACKING:
         keys |= {"attack.steps", "attack.step_size", "method.attack_eps_factor"}
     return keys
@@ -274,7 +279,8 @@ def test_overrides_replace_add_and_remove() -> None:
 
 
 def test_restricting_a_choice_warns_about_parameters_that_can_never_be_active() -> None:
-    with pytest.warns(UserWarning, match=r"never suggested: method\.alpha .*method\.kappa_end"):
+    never = r"never suggested: method\.alpha .*method\.clean_loss_weight_end"
+    with pytest.warns(UserWarning, match=never):
         space = load_space(
             "certified", {"method.name": {"type": "categorical", "choices": ["sabr"]}}
         )

@@ -82,11 +82,23 @@ class MethodConfig(_Group):
         0.5, ge=0, le=1, description="cc/mtl/exp-ibp, distill features: weight of the bound"
     )
     sabr_lambda: float = Field(0.4, gt=0, le=1, description="sabr: box radius / eps")
-    kappa_start: float = Field(0.0, ge=0, le=1, description="crown-ibp: IBP weight at eps=0")
-    kappa_end: float = Field(1.0, ge=0, le=1, description="crown-ibp: IBP weight at eps_max")
+    crown_bound_weight_start: float = Field(
+        1.0, ge=0, le=1, description="crown-ibp: weight f of the CROWN-IBP bound at eps=0"
+    )
+    crown_bound_weight_end: float = Field(
+        0.0, ge=0, le=1, description="crown-ibp: f at eps_max (lb = f lb_CROWN-IBP + (1-f) lb_IBP)"
+    )
+    clean_loss_weight_start: float = Field(
+        0.0, ge=0, le=1, description="crown-ibp: CTRAIN's kappa at eps=0 (clean CE weight)"
+    )
+    clean_loss_weight_end: float = Field(
+        0.0, ge=0, le=1, description="crown-ibp: CTRAIN's kappa at eps_max"
+    )
     trades_beta: float = Field(6.0, ge=0, le=100)
     train_eps_factor: float = Field(1.0, gt=0, le=10, description="bound box = eps x this")
-    attack_eps_factor: float = Field(1.0, gt=0, le=10, description="attack box = eps x this")
+    attack_eps_factor: float = Field(
+        1.0, gt=0, le=10, description="attack box = eps x train_eps_factor x this"
+    )
     l1: float = Field(0.0, ge=0, le=1, description="L1 penalty on conv/linear weights")
     sigma: float = Field(0.25, gt=0, le=10, description="gaussian: noise std (L2, pixels)")
     min_margin: float = Field(
@@ -103,7 +115,7 @@ class AttackConfig(_Group):
     steps: int = Field(8, ge=1, le=1000)
     restarts: int = Field(1, ge=1, le=100)
     step_size: float | None = Field(
-        None, gt=0, le=2, description="relative to the box half-width; null: 2.5 / steps"
+        None, gt=0, le=100, description="relative to the box half-width; null: 2.5 / steps"
     )
     loss: Literal["ce", "margin"] = "ce"
 
@@ -193,6 +205,21 @@ class SaadConfig(_Group):
     clean_weight: float = Field(
         0.0, ge=0, le=1e4, description="inverse-weighted clean KL term's weight"
     )
+    attack: Literal["step", "teacher_kl"] = Field(
+        "step",
+        description="x_adv of the distillation terms: the step's PGD, or SAAD's own attack"
+        " (KL to the teacher's linearised clean logits)",
+    )
+    attack_steps: int = Field(10, ge=1, le=1000, description="teacher_kl attack: sign steps")
+    attack_step_size: float = Field(
+        0.25, gt=0, le=100, description="teacher_kl attack: step / box half-width (2/255 at 8/255)"
+    )
+    linearisation: float = Field(
+        1.0, ge=0, le=100, description="teacher_kl attack: weight of the true-class correction"
+    )
+    igdm_weight: float = Field(
+        0.0, ge=0, le=1e4, description="IGDM gradient-matching term, times epoch / epochs"
+    )
 
 
 class TrainConfig(_Group):
@@ -206,10 +233,11 @@ class TrainConfig(_Group):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     init: Literal["default", "shi"] = "shi"
-    bn_stats: Literal["clean", "own"] = Field(
+    bn_stats: Literal["clean", "own", "adversarial"] = Field(
         "clean",
         description="clean: every training pass normalises with the clean batch's statistics;"
-        " own: each forward pass with its own batch's",
+        " own: each forward pass with its own batch's; adversarial: the bounds with the"
+        " adversarial pass's (expressive-losses)",
     )
     optim: OptimConfig = Field(default_factory=OptimConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)

@@ -79,8 +79,13 @@ def warmup_weight(lambda0: float, eps: float, eps_max: float) -> float:
     return lambda0 * (1.0 - ramp_fraction(eps, eps_max))
 
 
-def kappa(start: float, end: float, eps: float, eps_max: float) -> float:
-    """CROWN-IBP's IBP weight, interpolated linearly with the eps ramp (Zhang et al. 2020)."""
+def along_ramp(start: float, end: float, eps: float, eps_max: float) -> float:
+    """``start`` at eps 0, ``end`` at ``eps_max``, linear in ``eps / eps_max`` between.
+
+    CROWN-IBP's mixing weights (Zhang et al. 2020; auto_LiRPA's
+    ``examples/vision/cifar_training.py``: ``factor = (eps_max - eps) / eps_max`` for start 1,
+    end 0) follow the eps ramp this way.
+    """
     return start + (end - start) * ramp_fraction(eps, eps_max)
 
 

@@ -28,10 +28,10 @@ EPS = 2 / 255
 METHODS = {
     "plain (standard)": {"method.name": "standard"},
     "IBP": {"method.name": "ibp"},
-    "CROWN-IBP (kappa 0.5)": {
+    "CROWN-IBP (bound weight 0.5)": {
         "method.name": "crown-ibp",
-        "method.kappa_start": 0.5,
-        "method.kappa_end": 0.5,
+        "method.crown_bound_weight_start": 0.5,
+        "method.crown_bound_weight_end": 0.5,
     },
     "CC-IBP (PGD-8)": {"method.name": "cc-ibp", "method.alpha": 0.01},
     "MTL-IBP (PGD-8)": {"method.name": "mtl-ibp", "method.alpha": 0.004},

@@ -183,10 +183,11 @@ class _Run:
         seen = correct = 0
         started = time.perf_counter()
         eps = 0.0
+        progress = (self.epoch + 1) / self.config.epochs  # IGDM's ramp: epoch / epochs
         for x, y in self.loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             eps = self.eps_schedule(self.step)
-            out = self.method_step(x, y, eps)
+            out = self.method_step(x, y, eps, progress)
             total = out.total
             if self.dist.any(not bool(torch.isfinite(total)), self.device):
                 return None

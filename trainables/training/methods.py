@@ -6,7 +6,10 @@ DDP sees exactly one forward per step); it updates the BatchNorm running statist
 under the ``clean`` convention, supplies the statistics every other pass uses
 (``batchnorm.py``). Attacks run with the model in eval mode (``attacks.classification``).
 Certified methods bound the margins ``C f(x)`` on the training box
-``B(x, eps_t * train_eps_factor)``; the attack box is ``B(x, eps_t * attack_eps_factor)``.
+``B(x, eps_t * train_eps_factor)``; their attack box is
+``B(x, eps_t * train_eps_factor * attack_eps_factor)`` (the factors compose, as in
+expressive-losses ``train.py`` and CTRAIN); adversarial methods attack in
+``B(x, eps_t * attack_eps_factor)``.
 
 A step returns additive loss terms: the total is exactly their sum, and the loop logs each.
 With a teacher, a ``Distiller`` (``distillation.py``) adds its terms to the certified loss,
@@ -40,8 +43,9 @@ from trainables.losses.certified import (
 )
 from trainables.losses.lipschitz import hkr_loss
 from trainables.losses.regularizers import relu_balance_term, tightness_term
+from trainables.losses.saad import mean_one
 from trainables.models import forward_features
-from trainables.schedules import kappa, warmup_weight
+from trainables.schedules import along_ramp, warmup_weight
 from trainables.training.batchnorm import Statistics, capture_statistics, normalise_with
 from trainables.training.distillation import Distiller, StudentOutputs
 
@@ -133,7 +137,8 @@ class MethodStep:
         self.num_classes, self.generator = num_classes, generator
         self.method, self.distiller = config.method, distiller
 
-    def __call__(self, x: Tensor, y: Tensor, eps: float) -> StepOutput:
+    def __call__(self, x: Tensor, y: Tensor, eps: float, progress: float = 1.0) -> StepOutput:
+        """The loss at ``eps_t = eps``; ``progress`` is ``epoch / epochs`` (1-based epoch)."""
         with capture_statistics(self.model) as captured:
             logits = self.forward(x)
         statistics = captured if self.config.bn_stats == "clean" else None
@@ -148,7 +153,7 @@ class MethodStep:
             alpha = 1.0 if name == "hinge" else self.method.hkr_alpha
             out = StepOutput({"margin": hkr_loss(logits, y, alpha, self.method.min_margin)}, logits)
         else:
-            out = self._certified(x, y, eps, logits, statistics)
+            out = self._certified(x, y, eps, logits, captured, progress)
         if self.method.l1 > 0:
             out.terms["l1"] = self.method.l1 * l1_penalty(self.model)
         return out
@@ -161,7 +166,7 @@ class MethodStep:
         trades = self.method.name == "trades"
         x_adv = self._attack(
             x, y, eps * self.method.attack_eps_factor, "trades" if trades else None
-        )
+        )  # no bound box here: the attack radius is eps_t x attack_eps_factor
         adv_logits, _ = self._forward_with(x_adv, statistics)
         if not trades:
             return StepOutput({"robust": F.cross_entropy(adv_logits, y)}, logits)
@@ -186,31 +191,67 @@ class MethodStep:
     # -- certified training ----------------------------------------------------------------
 
     def _certified(
-        self, x: Tensor, y: Tensor, eps: float, logits: Tensor, statistics: Statistics | None
+        self,
+        x: Tensor,
+        y: Tensor,
+        eps: float,
+        logits: Tensor,
+        clean_statistics: Statistics,
+        progress: float,
     ) -> StepOutput:
         """The certified loss; with a distiller also its terms (``training.distillation``).
 
         With ``saad.on_certified`` each per-sample loss inside the certified loss is
-        weighted by SAAD's ``w`` before its batch mean; the diagnostics stay unweighted.
+        weighted by SAAD's ``w`` rescaled to mean 1 in the batch (``losses.saad.mean_one``)
+        before its batch mean; the diagnostics stay unweighted. Under ``bn_stats:
+        adversarial`` the bounds normalise with the statistics of the student's adversarial
+        pass when the step makes one (expressive-losses ``train.py``: the bounds use the
+        last forward pass's statistics), else with the clean batch's.
         """
         method, name, distiller = self.method, self.method.name, self.distiller
+        convention = self.config.bn_stats
+        statistics = clean_statistics if convention == "clean" else None
         eps_max = self.config.eps
         bound_eps = max(eps * method.train_eps_factor, MIN_BOUND_EPS)
+        attack_eps = eps * method.train_eps_factor * method.attack_eps_factor
         C = margin_spec(y, self.num_classes, dtype=x.dtype)
         diagnostics: dict[str, float] = {}
         combines_adv = name in ("cc-ibp", "mtl-ibp", "exp-ibp")
         x_adv = adv_logits = None
         adv_features: dict[str, Tensor] = {}
-        if name == "sabr":
-            x_adv = self._attack(x, y, bound_eps)
-        elif combines_adv or (distiller is not None and distiller.needs_x_adv):
-            x_adv = self._attack(x, y, eps * method.attack_eps_factor)
-        if combines_adv or (distiller is not None and distiller.needs_adv_pass):
+        if name == "sabr" or combines_adv or (distiller is not None and distiller.needs_x_adv):
+            x_adv = self._attack(x, y, attack_eps)
+        step_pass = combines_adv or (distiller is not None and distiller.needs_adv_pass)
+        if convention == "adversarial" and x_adv is not None:
+            step_pass = True
+        adv_statistics: Statistics = {}
+        if step_pass and x_adv is not None:
             layers = () if distiller is None else distiller.student_layers
-            adv_logits, adv_features = self._forward_with(x_adv, statistics, layers)
-        teaching = None if distiller is None else distiller.teach(x, x_adv, y)
+            with capture_statistics(self.model) as adv_statistics:
+                adv_logits, adv_features = self._forward_with(x_adv, statistics, layers)
+        bound_statistics = statistics
+        if convention == "adversarial":
+            bound_statistics = adv_statistics or clean_statistics
+        teaching = student = None
+        if distiller is not None:
+            distill_x_adv, distill_logits, distill_features = x_adv, adv_logits, adv_features
+            if distiller.own_attack:
+                distill_x_adv = distiller.adversarial_example(
+                    self.model, x, y, attack_eps, self.generator
+                )
+                if distiller.needs_adv_pass:
+                    distill_logits, distill_features = self._forward_with(
+                        distill_x_adv, statistics, distiller.student_layers
+                    )
+            teaching = distiller.teach(x, distill_x_adv, y)
+            mirrored = None
+            if distiller.igdm:
+                mirrored, _ = self._forward_with(2 * x - distill_x_adv, statistics)
+            student = StudentOutputs(
+                y, logits, distill_logits, distill_features, None, None, mirrored
+            )
         on_certified = teaching is not None and self.config.saad.on_certified
-        weights = teaching.weights if on_certified else None
+        weights = mean_one(teaching.weights) if on_certified else None
 
         def mean(per_sample: Tensor) -> Tensor:
             return (per_sample if weights is None else weights * per_sample).mean()
@@ -223,28 +264,39 @@ class MethodStep:
             lower, upper = sabr_box(x, x_adv, bound_eps, method.sabr_lambda)
         else:
             lower, upper = linf_box(x, bound_eps)
-        mix = kappa(method.kappa_start, method.kappa_end, eps, eps_max)
+        crown_weight = along_ramp(
+            method.crown_bound_weight_start, method.crown_bound_weight_end, eps, eps_max
+        )
         bounds = margin_bounds(
             self.model,
             lower,
             upper,
             C,
-            statistics,
-            with_crown_ibp=name == "crown-ibp" and mix < 1,
+            bound_statistics,
+            with_crown_ibp=name == "crown-ibp" and crown_weight > 0,
             feature_ops=None if distiller is None else distiller.feature_ops,
         )
         ibp_per_sample = margin_cross_entropy(bounds.ibp, reduction="none")
         ibp_loss = mean(ibp_per_sample)
         diagnostics["ibp_loss"] = ibp_per_sample.mean().item()
+        terms: dict[str, Tensor] = {}
         if name in ("ibp", "sabr"):
             robust = ibp_loss
         elif name == "crown-ibp":
-            robust = ibp_loss
+            lower_bound = bounds.ibp
             if bounds.crown_ibp is not None:
                 crown_per_sample = margin_cross_entropy(bounds.crown_ibp, reduction="none")
                 diagnostics["crown_ibp_loss"] = crown_per_sample.mean().item()
-                robust = mix * ibp_loss + (1 - mix) * mean(crown_per_sample)
-            diagnostics["kappa"] = mix
+                lower_bound = crown_weight * bounds.crown_ibp + (1 - crown_weight) * bounds.ibp
+            robust = mean(margin_cross_entropy(lower_bound, reduction="none"))
+            clean_weight = along_ramp(
+                method.clean_loss_weight_start, method.clean_loss_weight_end, eps, eps_max
+            )
+            if clean_weight > 0:
+                terms["natural"] = clean_weight * F.cross_entropy(logits, y)
+                robust = (1 - clean_weight) * robust
+            diagnostics["crown_bound_weight"] = crown_weight
+            diagnostics["clean_loss_weight"] = clean_weight
         elif name == "cc-ibp":
             adv_margins = margins_of(adv_logits, C)
             robust = mean(cc_ibp_loss(bounds.ibp, adv_margins, method.alpha, reduction="none"))
@@ -252,15 +304,13 @@ class MethodStep:
             robust = mtl_ibp_loss(ibp_loss, adv_loss, method.alpha)
         else:
             robust = exp_ibp_loss(ibp_loss, adv_loss, method.alpha)
-        terms = {"robust": robust}
+        terms["robust"] = robust
         weight = warmup_weight(self.config.warmup.weight, eps, eps_max)
         if weight > 0:
             terms.update(self._warmup_terms(bounds, weight))
         if distiller is not None:
-            student = StudentOutputs(
-                y, logits, adv_logits, adv_features, bounds.features, bounds.ibp
-            )
-            terms.update(distiller.terms(teaching, student))
+            student.feature_bounds, student.margin_lower = bounds.features, bounds.ibp
+            terms.update(distiller.terms(teaching, student, progress))
         return StepOutput(terms, logits, diagnostics)
 
     def _warmup_terms(self, bounds: MarginBounds, weight: float) -> dict[str, Tensor]:

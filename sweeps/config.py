@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from search_spaces import SearchSpace, SearchSpaceError, load_space
-from trainables.config import ConfigError, TrainConfig, flatten, load_config
+from trainables.config import ConfigError, TrainConfig, config_keys, flatten, load_config
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
@@ -136,9 +136,9 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
 def _check_training_and_space(sweep: SweepConfig, path: Path) -> None:
     """Validate the fixed settings alone and with sampled points of the space."""
     try:
-        base = sweep.training_config()
+        sweep.training_config()  # the fixed settings alone
         space = sweep.search_space(f"{path} (space.overrides)")
-        space.validate_against(flatten(base.model_dump()).keys(), extra_keys=["model.options.*"])
+        space.validate_against(config_keys(), extra_keys=["model.options.*"])
         fixed = set(flatten(sweep.training)) & set(space.keys())
         if fixed:
             raise SweepConfigError(f"{path}: training fixes searched key(s) {sorted(fixed)}")

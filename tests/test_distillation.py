@@ -26,10 +26,11 @@ from trainables.losses.distillation import (
     worst_case_logits,
 )
 from trainables.losses.saad import minmax_normalise, renyi_entropy, saad_weights
+from trainables.methods.context import margin_bounds
 from trainables.models import build_model, feature_names, feature_prefix
 from trainables.teachers import Teacher
-from trainables.training.distillation import Distiller
-from trainables.training.methods import MethodStep, margin_bounds
+from trainables.training.distiller import Distiller
+from trainables.training.step import TrainingStep
 
 LN3 = math.log(3)
 #: Shannon entropies: H([1/2, 1/2]) = ln 2; H([3/4, 1/4]) = ln 4 - (3/4) ln 3; H([1, 0]) = 0.
@@ -251,14 +252,14 @@ def _teacher(linear_size: int = 32) -> Teacher:
     return Teacher("test", model.eval().requires_grad_(False), "memory")
 
 
-def _step(overrides: dict, teacher: Teacher) -> tuple[MethodStep, nn.Sequential]:
+def _step(overrides: dict, teacher: Teacher) -> tuple[TrainingStep, nn.Sequential]:
     config = load_config(
         {"teacher.name": "test", "method.name": "cc-ibp", "attack.steps": 2, **overrides}
     )
     torch.manual_seed(3)
     student = build_model("cnn_small", (1, 8, 8), 10, linear_size=16).train()
     distiller = Distiller(config, teacher, student, (1, 8, 8), 10)
-    step = MethodStep(student, student, config, 10, torch.Generator().manual_seed(0), distiller)
+    step = TrainingStep(student, student, config, 10, torch.Generator().manual_seed(0), distiller)
     return step, student
 
 
@@ -297,7 +298,7 @@ def test_unknown_layer_is_a_clear_error_listing_the_names() -> None:
             "saad.on_certified": True,
             "saad.clean_weight": 0.5,
         },
-        {"method.name": "ibp", "saad.enabled": True, "method.alpha": 1.0},
+        {"method.name": "ibp", "saad.enabled": True, "distill.alpha": 1.0},
         {"method.name": "sabr", "distill.objective": "logit", "distill.inputs": "adv"},
     ],
 )
@@ -327,7 +328,7 @@ def test_saad_weights_multiply_the_per_sample_distillation_term(monkeypatch) -> 
         {"distill.objective": "logit", "distill.inputs": "clean", "saad.enabled": True}, teacher
     )
     weights = torch.tensor([0.0, 1.0, 2.0, 0.0, 1.0, 2.0])
-    import trainables.training.distillation as module
+    import trainables.training.distiller as module
 
     monkeypatch.setattr(module, "saad_weights", lambda *a, **k: (weights, weights / 2))
     with torch.no_grad():

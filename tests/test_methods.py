@@ -9,23 +9,27 @@ IGDM term and certified-loss weights.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
-import trainables.training.methods as methods_module
+import trainables.methods.context as context_module
 from trainables.attacks.classification import linf_box
 from trainables.bounds.spec import margin_spec
-from trainables.config import load_config
+from trainables.config import ConfigError, config_keys, load_config
 from trainables.losses.certified import margin_cross_entropy
 from trainables.losses.distillation import igdm_term
 from trainables.losses.saad import linearised_logits, mean_one, teacher_kl_attack
+from trainables.methods import METHODS, method_names
+from trainables.methods.batchnorm import capture_statistics
+from trainables.methods.context import margin_bounds
 from trainables.models import build_model
 from trainables.teachers import Teacher
-from trainables.training.batchnorm import capture_statistics
-from trainables.training.distillation import Distiller
-from trainables.training.methods import MethodStep, margin_bounds
+from trainables.training.distiller import Distiller
+from trainables.training.step import TrainingStep
 
 LN3 = math.log(3)
 
@@ -53,7 +57,7 @@ def _step(settings: dict, model: nn.Sequential | None = None, teacher: Teacher |
     distiller = None
     if teacher is not None:
         distiller = Distiller(config, teacher, model, (1, 8, 8), 10)
-    step = MethodStep(model, model, config, 10, torch.Generator().manual_seed(0), distiller)
+    step = TrainingStep(model, model, config, 10, torch.Generator().manual_seed(0), distiller)
     return step, model
 
 
@@ -82,7 +86,7 @@ class _RecordingAttack:
 @pytest.mark.parametrize("name", ["cc-ibp", "mtl-ibp", "exp-ibp", "sabr"])
 def test_certified_attack_radius_composes_both_factors(monkeypatch, name: str) -> None:
     attack = _RecordingAttack()
-    monkeypatch.setattr(methods_module, "pgd_attack", attack)
+    monkeypatch.setattr(context_module, "pgd_attack", attack)
     settings = {"method.name": name, "method.train_eps_factor": 1.5}
     step, _ = _step({**settings, "method.attack_eps_factor": 2.0})
     step(*_batch(), eps=0.04)
@@ -91,7 +95,7 @@ def test_certified_attack_radius_composes_both_factors(monkeypatch, name: str) -
 
 def test_distillation_attack_for_ibp_composes_both_factors(monkeypatch) -> None:
     attack = _RecordingAttack()
-    monkeypatch.setattr(methods_module, "pgd_attack", attack)
+    monkeypatch.setattr(context_module, "pgd_attack", attack)
     settings = {
         "method.name": "ibp",
         "method.train_eps_factor": 2.0,
@@ -108,7 +112,7 @@ def test_distillation_attack_for_ibp_composes_both_factors(monkeypatch) -> None:
 @pytest.mark.parametrize("name", ["pgd-at", "trades"])
 def test_adversarial_methods_attack_at_eps_times_the_attack_factor(monkeypatch, name) -> None:
     attack = _RecordingAttack()
-    monkeypatch.setattr(methods_module, "pgd_attack", attack)
+    monkeypatch.setattr(context_module, "pgd_attack", attack)
     step, _ = _step({"method.name": name, "method.attack_eps_factor": 1.5})
     step(*_batch(), eps=0.04)
     assert attack.radii == [pytest.approx(0.06)]
@@ -174,48 +178,45 @@ def test_crown_ibp_default_weight_follows_the_ramp_and_the_clean_loss_is_an_opti
 # -- BatchNorm conventions -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("convention", "source"), [("clean", "clean"), ("adversarial", "adv")])
-def test_bounds_normalise_with_the_conventions_statistics(monkeypatch, convention, source):
-    attack = _RecordingAttack()
-    monkeypatch.setattr(methods_module, "pgd_attack", attack)
+@pytest.fixture
+def bound_statistics(monkeypatch) -> dict:
+    """Records the BatchNorm statistics the step's ``margin_bounds`` call receives."""
     seen = {}
-    original = methods_module.margin_bounds
+    original = context_module.margin_bounds
 
     def recording(model, lower, upper, C, statistics, **kwargs):
         seen["statistics"] = statistics
         return original(model, lower, upper, C, statistics, **kwargs)
 
-    monkeypatch.setattr(methods_module, "margin_bounds", recording)
+    monkeypatch.setattr(context_module, "margin_bounds", recording)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("method", "convention", "source"),
+    [
+        ("cc-ibp", "clean", "clean"),
+        ("cc-ibp", "adversarial", "adv"),
+        ("sabr", "adversarial", "adv"),  # SABR makes the adversarial pass for the statistics
+        ("ibp", "adversarial", "clean"),  # no attack: the clean batch's
+    ],
+)
+def test_bounds_normalise_with_the_conventions_statistics(
+    monkeypatch, bound_statistics, method, convention, source
+):
+    attack = _RecordingAttack()
+    monkeypatch.setattr(context_module, "pgd_attack", attack)
     x, y = _batch()
-    step, model = _step({"method.name": "cc-ibp", "bn_stats": convention}, _bn_student())
+    step, model = _step({"method.name": method, "bn_stats": convention}, _bn_student())
     step(x, y, eps=0.05)
     inputs = x if source == "clean" else attack(model, x, y, 0.05)
     with torch.no_grad(), capture_statistics(model) as expected:
         model(inputs)
-    assert len(expected) == 6 and seen["statistics"].keys() == expected.keys()
+    seen = bound_statistics["statistics"]
+    assert len(expected) == 6 and seen.keys() == expected.keys()
     for bn, (mean, var) in expected.items():
-        assert torch.allclose(seen["statistics"][bn][0], mean, atol=1e-6)
-        assert torch.allclose(seen["statistics"][bn][1], var, atol=1e-6)
-
-
-def test_adversarial_convention_without_an_attack_uses_the_clean_statistics(monkeypatch):
-    seen = {}
-    original = methods_module.margin_bounds
-
-    def recording(model, lower, upper, C, statistics, **kwargs):
-        seen["statistics"] = statistics
-        return original(model, lower, upper, C, statistics, **kwargs)
-
-    monkeypatch.setattr(methods_module, "margin_bounds", recording)
-    x, y = _batch()
-    step, model = _step({"method.name": "ibp", "bn_stats": "adversarial"}, _bn_student())
-    step(x, y, eps=0.05)
-    with torch.no_grad(), capture_statistics(model) as expected:
-        model(x)
-    assert len(expected) == 6 and seen["statistics"].keys() == expected.keys()
-    for bn, (mean, var) in expected.items():
-        assert torch.allclose(seen["statistics"][bn][0], mean, atol=1e-6)
-        assert torch.allclose(seen["statistics"][bn][1], var, atol=1e-6)
+        assert torch.allclose(seen[bn][0], mean, atol=1e-6)
+        assert torch.allclose(seen[bn][1], var, atol=1e-6)
 
 
 # -- SAAD -------------------------------------------------------------------------------------
@@ -286,7 +287,7 @@ def test_mean_one_weights() -> None:
 
 
 def test_saad_on_certified_weights_the_certified_loss_with_mean_one_weights(monkeypatch) -> None:
-    import trainables.training.distillation as distillation
+    import trainables.training.distiller as distillation
 
     weights = torch.tensor([0.0, 1.0, 2.0, 0.0, 1.0, 4.0])
     monkeypatch.setattr(distillation, "saad_weights", lambda *a, **k: (weights, weights / 4))
@@ -311,7 +312,7 @@ def test_saad_on_certified_weights_the_certified_loss_with_mean_one_weights(monk
 
 @pytest.mark.parametrize("attack", ["step", "teacher_kl"])
 def test_saad_igdm_and_own_attack_in_a_step(monkeypatch, attack: str) -> None:
-    import trainables.training.distillation as distillation
+    import trainables.training.distiller as distillation
 
     calls = []
 
@@ -344,3 +345,78 @@ def test_saad_igdm_and_own_attack_in_a_step(monkeypatch, attack: str) -> None:
     out.total.backward()
     assert student.fc_out.weight.grad is not None
     assert all(p.grad is None for p in teacher.model.parameters())
+
+
+# -- the registry and the config's method union -----------------------------------------------
+
+
+def test_registry_names_families_and_settings() -> None:
+    assert method_names() == tuple(METHODS)
+    assert all(METHODS[name].model_fields["name"].default == name for name in METHODS)
+    assert method_names("certified") == ("ibp", "crown-ibp", "cc-ibp", "mtl-ibp", "exp-ibp", "sabr")
+    assert method_names("adversarial") == ("pgd-at", "trades")
+    assert set(method_names()) >= {"standard", "gaussian", "hinge", "hkr"}
+    keys = config_keys()
+    for name, cls in METHODS.items():
+        assert {f"method.{field}" for field in cls.model_fields} <= keys, name
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"method.name": "sabr", "method.sabr_lambda": 0.2}, ("sabr", "sabr_lambda", 0.2)),
+        ({"method.name": "trades", "method.trades_beta": 3.0}, ("trades", "trades_beta", 3.0)),
+        ({"method": {"alpha": 0.3}}, ("cc-ibp", "alpha", 0.3)),  # no name: the default method
+        ({"method.name": "hkr", "method.min_margin": 2.0}, ("hkr", "min_margin", 2.0)),
+    ],
+)
+def test_dotted_and_nested_method_settings_validate(settings, expected) -> None:
+    config = load_config(settings)
+    name, key, value = expected
+    assert config.method.name == name and getattr(config.method, key) == value
+    assert load_config(config.flat()) == config  # the flat form round-trips
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        (
+            {"method.name": "ibp", "method.alpha": 0.3},
+            "method.alpha: not a setting of method.name='ibp'",
+        ),
+        ({"method.name": "cc-ibp", "method.sabr_lambda": 0.3}, "method.sabr_lambda: not a setting"),
+        ({"method.name": "pgd-at", "method.train_eps_factor": 2}, "method.train_eps_factor: not a"),
+        ({"method.name": "nope"}, "method.name: 'nope' is not a training method; choose one of"),
+        ({"method.name": "sabr", "method.sabr_lambda": 2.0}, "method.sabr_lambda: Input should be"),
+    ],
+)
+def test_a_setting_of_another_method_or_an_unknown_name_is_an_error_naming_it(
+    settings, named
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(settings)
+    assert named in str(info.value)
+
+
+def test_feature_alpha_follows_the_method_or_the_distill_setting() -> None:
+    student, teacher = _student(), _teacher()
+    settings = {"teacher.name": "test"}
+    for extra, alpha in [
+        ({"method.name": "cc-ibp", "method.alpha": 0.2}, 0.2),
+        ({"method.name": "ibp"}, 0.5),  # methods without alpha: DEFAULT_FEATURE_ALPHA
+        ({"method.name": "ibp", "distill.alpha": 0.9}, 0.9),
+        ({"method.name": "mtl-ibp", "method.alpha": 0.2, "distill.alpha": 0.0}, 0.0),
+    ]:
+        config = load_config({**settings, **extra})
+        assert Distiller(config, teacher, student, (1, 8, 8), 10).alpha == alpha
+
+
+def test_the_methods_package_does_not_import_the_config_or_the_training_loop() -> None:
+    above = ("trainables.config", "trainables.training")
+    code = (
+        "import sys, trainables.methods;"
+        f"bad = [m for m in sys.modules if m.startswith({above!r})];"
+        "print(bad); sys.exit(bool(bad))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

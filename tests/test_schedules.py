@@ -11,13 +11,8 @@ from torch import nn
 from trainables.config import OptimConfig
 from trainables.models import build_model
 from trainables.models.init import ibp_init_std, shi_ibp_init
-from trainables.schedules import (
-    EpsSchedule,
-    along_ramp,
-    build_lr_scheduler,
-    build_optimizer,
-    warmup_weight,
-)
+from trainables.schedules import EpsSchedule, along_ramp, warmup_weight
+from trainables.training.optim import build_lr_scheduler, build_optimizer
 
 # E = 10 batches per epoch, ramp from epoch 2 for 4 epochs: init 10, mid 20, final 50;
 # a = 1 / (30 * 4 * 10**3 + 10**4) = 1 / 130000 for eps_max = 1.

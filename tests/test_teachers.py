@@ -186,7 +186,7 @@ def test_checkpoint_teacher_loads_from_a_path_or_a_uri(tmp_path, as_uri) -> None
         ("    model: cnn9\n    checkpoint: {saved}\n", "unknown model 'cnn9'"),
         ("    model: cnn_small\n", "checkpoint: Field required"),
         ("    recipe: {method.name: cc-ibp}\n", "a recipe trains with pgd-at or trades"),
-        ("    recipe: {method.lr: 1}\n", "method.lr: unknown key"),
+        ("    recipe: {method.lr: 1}\n", "method.lr: not a setting of method.name="),
     ],
 )
 def test_each_bad_teacher_is_one_clear_error(tmp_path, entry, message) -> None:

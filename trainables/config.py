@@ -16,21 +16,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-CERTIFIED_METHODS = ("ibp", "crown-ibp", "cc-ibp", "mtl-ibp", "exp-ibp", "sabr")
-ADVERSARIAL_METHODS = ("pgd-at", "trades")
-#: Gaussian data augmentation for randomized smoothing (Cohen et al. 2019).
-SMOOTHING_METHODS = ("gaussian",)
-#: Margin losses for Lipschitz networks (deel-torchlip's hinge and HKR).
-LIPSCHITZ_METHODS = ("hinge", "hkr")
-METHODS = (
-    "standard",
-    *CERTIFIED_METHODS,
-    *ADVERSARIAL_METHODS,
-    *SMOOTHING_METHODS,
-    *LIPSCHITZ_METHODS,
+from trainables.methods import (
+    METHODS,
+    MethodSettings,
+    describe_error,
+    method_settings,
+    with_default_name,
 )
-#: Methods whose loss uses a PGD attack during training.
-ATTACKING_METHODS = ("cc-ibp", "mtl-ibp", "exp-ibp", "sabr", *ADVERSARIAL_METHODS)
 
 
 class ConfigError(ValueError):
@@ -74,39 +66,6 @@ class OptimConfig(_Group):
         if any(m <= 0 for m in value) or value != sorted(value):
             raise ValueError(f"milestones must be positive and increasing, got {value}")
         return value
-
-
-class MethodConfig(_Group):
-    name: Literal[METHODS] = "cc-ibp"  # type: ignore[valid-type]
-    alpha: float = Field(
-        0.5, ge=0, le=1, description="cc/mtl/exp-ibp, distill features: weight of the bound"
-    )
-    sabr_lambda: float = Field(0.4, gt=0, le=1, description="sabr: box radius / eps")
-    crown_bound_weight_start: float = Field(
-        1.0, ge=0, le=1, description="crown-ibp: weight f of the CROWN-IBP bound at eps=0"
-    )
-    crown_bound_weight_end: float = Field(
-        0.0, ge=0, le=1, description="crown-ibp: f at eps_max (lb = f lb_CROWN-IBP + (1-f) lb_IBP)"
-    )
-    clean_loss_weight_start: float = Field(
-        0.0, ge=0, le=1, description="crown-ibp: CTRAIN's kappa at eps=0 (clean CE weight)"
-    )
-    clean_loss_weight_end: float = Field(
-        0.0, ge=0, le=1, description="crown-ibp: CTRAIN's kappa at eps_max"
-    )
-    trades_beta: float = Field(6.0, ge=0, le=100)
-    train_eps_factor: float = Field(1.0, gt=0, le=10, description="bound box = eps x this")
-    attack_eps_factor: float = Field(
-        1.0, gt=0, le=10, description="attack box = eps x train_eps_factor x this"
-    )
-    l1: float = Field(0.0, ge=0, le=1, description="L1 penalty on conv/linear weights")
-    sigma: float = Field(0.25, gt=0, le=10, description="gaussian: noise std (L2, pixels)")
-    min_margin: float = Field(
-        1.0, gt=0, le=100, description="hinge/hkr: logit margin the hinge term asks for"
-    )
-    hkr_alpha: float = Field(
-        0.98, ge=0, le=1, description="hkr: hinge weight; 1 - hkr_alpha weighs the KR term"
-    )
 
 
 class AttackConfig(_Group):
@@ -182,6 +141,12 @@ class DistillConfig(_Group):
 
     objective: Literal["feature", "logit"] = "feature"
     beta: float = Field(1.0, ge=0, le=1e4, description="weight of the distillation term")
+    alpha: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="feature term's bound weight; null: method.alpha (0.5 for methods without)",
+    )
     layer: str = Field("penultimate", min_length=1, description="student feature (by name)")
     teacher_layer: str = Field("penultimate", min_length=1, description="teacher feature")
     distance: Literal["l2", "cosine"] = Field("l2", description="feature objective only")
@@ -240,7 +205,7 @@ class TrainConfig(_Group):
         " adversarial pass's (expressive-losses)",
     )
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
+    method: MethodSettings = Field(default_factory=METHODS["cc-ibp"])
     attack: AttackConfig = Field(default_factory=AttackConfig)
     eps_schedule: EpsScheduleConfig = Field(default_factory=EpsScheduleConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
@@ -249,6 +214,11 @@ class TrainConfig(_Group):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     saad: SaadConfig = Field(default_factory=SaadConfig)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _default_method_name(cls, value: Any) -> Any:
+        return with_default_name(value)
 
     @field_validator("device")
     @classmethod
@@ -268,7 +238,7 @@ class TrainConfig(_Group):
 
     @model_validator(mode="after")
     def _distillation_fits(self) -> TrainConfig:
-        if self.teacher.name != "none" and self.method.name not in CERTIFIED_METHODS:
+        if self.teacher.name != "none" and self.method.family != "certified":
             raise ValueError(
                 f"teacher.name={self.teacher.name!r}: distillation needs a certified method,"
                 f" not method.name={self.method.name!r}"
@@ -288,6 +258,14 @@ class TrainConfig(_Group):
     def flat(self) -> dict[str, Any]:
         """The config as a flat dict with dotted keys (the inverse of ``load_config``)."""
         return flatten(self.model_dump())
+
+
+def config_keys() -> set[str]:
+    """Every flat key a training config can hold, with every method's settings
+    (``method.<setting>``); what a search space may name (``model.options`` is free-form)."""
+    keys = set(TrainConfig().flat())
+    keys |= {f"method.{key}" for keys_ in method_settings().values() for key in keys_}
+    return keys
 
 
 def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -363,6 +341,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _describe(err: ValidationError, where: str) -> str:
     lines = [f"invalid training config in {where}:"]
     for problem in err.errors():
+        if method_line := describe_error(problem):  # errors inside the method union
+            lines.append(f"  {method_line}")
+            continue
         path = ".".join(str(part) for part in problem["loc"]) or "(top level)"
         if problem["type"] == "extra_forbidden":
             lines.append(f"  {path}: unknown key")

@@ -21,8 +21,8 @@ from torch import nn
 
 from trainables.config import load_config
 from trainables.models import build_model
-from trainables.schedules import build_optimizer
-from trainables.training.methods import MethodStep
+from trainables.training.optim import build_optimizer
+from trainables.training.step import TrainingStep
 
 EPS = 2 / 255
 METHODS = {
@@ -70,10 +70,10 @@ def main() -> None:
             }
         )
         optimizer = build_optimizer(model.parameters(), config.optim)
-        step = MethodStep(model, model, config, 10, torch.Generator().manual_seed(0))
+        step = TrainingStep(model, model, config, 10, torch.Generator().manual_seed(0))
         steps[label] = (step, optimizer)
 
-    def train_step(step: MethodStep, optimizer: torch.optim.Optimizer) -> None:
+    def train_step(step: TrainingStep, optimizer: torch.optim.Optimizer) -> None:
         out = step(x, y, EPS)
         optimizer.zero_grad(set_to_none=True)
         out.total.backward()

@@ -43,13 +43,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from trainables.config import (
-    ADVERSARIAL_METHODS,
     ConfigError,
     TrainConfig,
     flatten,
     load_config,
     unflatten,
 )
+from trainables.methods import method_names
 
 #: File name of a trained recipe teacher inside its cache folder.
 TEACHER_FILE = "teacher.pt"
@@ -119,6 +119,7 @@ ADVERSARIAL_RECIPES: dict[str, dict[str, Any]] = {
 
 #: Student keys a generic recipe (``pgd-at``, ``trades:cnn7``) takes over.
 INHERITED_KEYS = ("dataset", "eps", "test_eps", "epochs", "batch_size")
+ADVERSARIAL_METHODS = method_names("adversarial")
 _GENERIC = re.compile(rf"(?P<method>{'|'.join(ADVERSARIAL_METHODS)})(?::(?P<model>\w+))?")
 
 #: Config keys that do not change the trained teacher (left out of the recipe hash); the

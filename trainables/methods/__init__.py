@@ -1,0 +1,101 @@
+"""Training methods: a registry of small classes, one per ``method.name``.
+
+Each class (``base.Method``) owns its settings as pydantic fields, validated as the
+config's ``method`` group (a union discriminated on ``name``, so a setting of another method
+is an error naming it), and one ``loss(ctx) -> terms`` on a ``context.StepContext``.
+
+Adding a method: one file in this package with one class (a ``name`` Literal, its settings,
+``loss``; ``family`` and the ``uses_*`` needs as class attributes), its entry in
+``METHOD_CLASSES`` below, and for sweeps an entry in ``search_spaces/presets/certified.yaml``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Union
+
+from pydantic import Field
+
+from trainables.methods.base import Family, Method
+from trainables.methods.cc_ibp import CCIBP
+from trainables.methods.crown_ibp import CrownIBP
+from trainables.methods.exp_ibp import ExpIBP
+from trainables.methods.gaussian import Gaussian
+from trainables.methods.ibp import IBP
+from trainables.methods.lipschitz import HKR, Hinge
+from trainables.methods.mtl_ibp import MTLIBP
+from trainables.methods.pgd_at import PGDAT
+from trainables.methods.sabr import SABR
+from trainables.methods.standard import Standard
+from trainables.methods.trades import TRADES
+
+#: The registry, in the order the docs list the methods.
+METHOD_CLASSES: tuple[type[Method], ...] = (
+    Standard,
+    IBP,
+    CrownIBP,
+    CCIBP,
+    MTLIBP,
+    ExpIBP,
+    SABR,
+    PGDAT,
+    TRADES,
+    Gaussian,
+    Hinge,
+    HKR,
+)
+METHODS: dict[str, type[Method]] = {cls.model_fields["name"].default: cls for cls in METHOD_CLASSES}
+DEFAULT_METHOD = "cc-ibp"
+
+#: The config's ``method`` group: one of the classes, chosen by ``name``.
+MethodSettings = Annotated[Union[METHOD_CLASSES], Field(discriminator="name")]  # noqa: UP007
+
+
+def method_names(family: Family | None = None) -> tuple[str, ...]:
+    """Every method's name, or those of one ``family``."""
+    return tuple(name for name, cls in METHODS.items() if family in (None, cls.family))
+
+
+def method_settings() -> dict[str, tuple[str, ...]]:
+    """The settings (fields) of each method, by name."""
+    return {name: tuple(cls.model_fields) for name, cls in METHODS.items()}
+
+
+def with_default_name(value: Any) -> Any:
+    """A ``method`` mapping without ``name`` means the default method (``cc-ibp``)."""
+    if isinstance(value, dict) and "name" not in value:
+        return {"name": DEFAULT_METHOD, **value}
+    return value
+
+
+def describe_error(problem: dict[str, Any]) -> str | None:
+    """One readable line for a validation error inside the ``method`` group, else None.
+
+    Pydantic locates errors of a discriminated union under the tag (``method.ibp.alpha``);
+    the line names the config key instead (``method.alpha``) and what is allowed there.
+    """
+    loc = problem["loc"]
+    if not loc or loc[0] != "method":
+        return None
+    if problem["type"] == "union_tag_invalid":
+        tag = problem["ctx"]["tag"]
+        return f"method.name: {tag!r} is not a training method; choose one of {', '.join(METHODS)}"
+    if len(loc) < 3 or loc[1] not in METHODS:
+        return None
+    name, path = loc[1], ".".join(["method", *map(str, loc[2:])])
+    if problem["type"] == "extra_forbidden":
+        settings = ", ".join(key for key in METHODS[name].model_fields if key != "name")
+        return f"{path}: not a setting of method.name={name!r} (its settings: {settings})"
+    return f"{path}: {problem['msg']} (got {problem['input']!r})"
+
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
+    "METHOD_CLASSES",
+    "Method",
+    "MethodSettings",
+    "describe_error",
+    "method_names",
+    "method_settings",
+    "with_default_name",
+]

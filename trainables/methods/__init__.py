@@ -22,7 +22,6 @@ from trainables.methods.exp_ibp import ExpIBP
 from trainables.methods.gaussian import Gaussian
 from trainables.methods.ibp import IBP
 from trainables.methods.lipschitz import HKR, Hinge
-from trainables.methods.margin_ibp import MarginIBP
 from trainables.methods.mtl_ibp import MTLIBP
 from trainables.methods.pgd_at import PGDAT
 from trainables.methods.sabr import SABR
@@ -43,7 +42,6 @@ METHOD_CLASSES: tuple[type[Method], ...] = (
     Gaussian,
     Hinge,
     HKR,
-    MarginIBP,
 )
 METHODS: dict[str, type[Method]] = {cls.model_fields["name"].default: cls for cls in METHOD_CLASSES}
 DEFAULT_METHOD = "cc-ibp"

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.methods import (
+    DEFAULT_METHOD,
     METHODS,
     MethodSettings,
     describe_error,
@@ -205,7 +206,7 @@ class TrainConfig(_Group):
         " adversarial pass's (expressive-losses)",
     )
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    method: MethodSettings = Field(default_factory=METHODS["cc-ibp"])
+    method: MethodSettings = Field(default_factory=METHODS[DEFAULT_METHOD])
     attack: AttackConfig = Field(default_factory=AttackConfig)
     eps_schedule: EpsScheduleConfig = Field(default_factory=EpsScheduleConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)

@@ -5,10 +5,13 @@ Feature space (CC-Dist, De Palma 2026, arXiv 2602.02626; the public CTBench-deri
 its IBP feature bounds ``[l_k, u_k]`` are mixed FIRST, with CC-IBP's alpha, into two
 endpoints ``(1 - alpha) a_k + alpha l_k`` and ``(1 - alpha) a_k + alpha u_k``; the term then
 takes the endpoint farther from the teacher's clean feature ``t_k``:
-``mean_k max(((1-alpha) a_k + alpha l_k - t_k)^2, ((1-alpha) a_k + alpha u_k - t_k)^2)``.
-alpha = 0 distils the adversarial point, alpha = 1 the worst case over the box; when ``a``
-lies inside ``[l, u]`` (the attack box inside the bound box) the term is non-decreasing in
-alpha, and its gradient never widens the bounds. (Picking the bound farther from ``t``
+``mean_k max(((1-alpha) a_k + alpha l_k - t_k)^2, ((1-alpha) a_k + alpha u_k - t_k)^2)``
+(that wrapper adds ``5 / feat_dim`` times the sum over ``k``: ``distill.beta = 5`` here).
+alpha = 0 distils the adversarial point, alpha = 1 the worst case over the box. The gradient
+never widens the bounds (the farther endpoint is the lower one only when it lies below
+``t``); when ``a`` lies inside ``[l, u]`` (the attack box inside the bound box) the term is
+non-decreasing in alpha (a maximum of convex functions of alpha that agree at 0, one
+non-decreasing there). (Picking the bound farther from ``t``
 before mixing is not monotone in alpha and can loosen a bound.) Logit space (ARD / RSLAD /
 AD-CERT style): temperature-scaled KL between teacher and student distributions.
 

@@ -420,3 +420,26 @@ def test_the_methods_package_does_not_import_the_config_or_the_training_loop() -
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_pre_registry_checkpoint_config_still_loads() -> None:
+    """Checkpoints written before the registry dump every field of the old flat group."""
+    legacy = {
+        "name": "sabr",
+        "alpha": 0.5,
+        "sabr_lambda": 0.3,
+        "kappa_start": 0.0,
+        "kappa_end": 1.0,
+        "trades_beta": 6.0,
+        "train_eps_factor": 1.5,
+        "attack_eps_factor": 1.0,
+        "l1": 0.0,
+        "sigma": 0.25,
+        "min_margin": 1.0,
+        "hkr_alpha": 0.98,
+    }
+    config = load_config({"method": legacy, "epochs": 3})
+    assert config.method.name == "sabr" and config.method.sabr_lambda == 0.3
+    assert config.method.train_eps_factor == 1.5
+    with pytest.raises(ConfigError, match="method.kappa_start: not a setting"):
+        load_config({"method": {"name": "crown-ibp", "kappa_start": 0.2}})  # not a dump

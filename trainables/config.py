@@ -22,7 +22,7 @@ from trainables.methods import (
     MethodSettings,
     describe_error,
     method_settings,
-    with_default_name,
+    read_method_group,
 )
 
 
@@ -218,8 +218,8 @@ class TrainConfig(_Group):
 
     @field_validator("method", mode="before")
     @classmethod
-    def _default_method_name(cls, value: Any) -> Any:
-        return with_default_name(value)
+    def _read_method_group(cls, value: Any) -> Any:
+        return read_method_group(value)
 
     @field_validator("device")
     @classmethod

@@ -60,10 +60,41 @@ def method_settings() -> dict[str, tuple[str, ...]]:
     return {name: tuple(cls.model_fields) for name, cls in METHODS.items()}
 
 
-def with_default_name(value: Any) -> Any:
-    """A ``method`` mapping without ``name`` means the default method (``cc-ibp``)."""
-    if isinstance(value, dict) and "name" not in value:
+#: The flat ``method`` group before the registry: a checkpoint written then dumps every one
+#: of these fields, whatever its method.
+LEGACY_FIELDS = frozenset(
+    {
+        "name",
+        "alpha",
+        "sabr_lambda",
+        "kappa_start",
+        "kappa_end",
+        "trades_beta",
+        "train_eps_factor",
+        "attack_eps_factor",
+        "l1",
+        "sigma",
+        "min_margin",
+        "hkr_alpha",
+    }
+)
+
+
+def read_method_group(value: Any) -> Any:
+    """The ``method`` mapping as the union validates it.
+
+    Without ``name`` it means the default method (``cc-ibp``). A dump of the pre-registry
+    flat group (exactly ``LEGACY_FIELDS``, from an older checkpoint's config) keeps only its
+    method's settings, so old checkpoints still load for re-certification (its CROWN-IBP
+    ``kappa_*`` weights have no counterpart and take today's defaults).
+    """
+    if not isinstance(value, dict):
+        return value
+    if "name" not in value:
         return {"name": DEFAULT_METHOD, **value}
+    if set(value) == LEGACY_FIELDS and value["name"] in METHODS:
+        fields = METHODS[value["name"]].model_fields
+        return {key: item for key, item in value.items() if key in fields}
     return value
 
 
@@ -97,5 +128,5 @@ __all__ = [
     "describe_error",
     "method_names",
     "method_settings",
-    "with_default_name",
+    "read_method_group",
 ]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from search_spaces import CategoricalParam, FloatParam, IntParam, SearchSpace, SearchSpaceError
@@ -157,40 +158,38 @@ def check_points(space: SearchSpace) -> tuple[list[dict[str, Any]], list[str]]:
     return points + singles, note
 
 
-class _Check:
-    """One sweep's checks; ``problems`` and ``warnings`` collect what they find."""
+@dataclass
+class SweepCheck:
+    """The checks of one sweep: its fixed ``training`` settings and ``space``, whose
+    ``overridden`` keys come from ``space.overrides`` and the rest from ``preset``;
+    ``runs_here``: the trials run on this machine. ``run()`` -> (problems, warnings)."""
 
-    def __init__(
-        self,
-        training: dict[str, Any],
-        space: SearchSpace,
-        overridden: set[str],
-        preset: str,
-        gpus_per_worker: float,
-        runs_here: bool,
-    ) -> None:
-        self.training, self.space, self.overridden, self.preset = (
-            training,
-            space,
-            overridden,
-            preset,
-        )
-        self.gpus_per_worker, self.runs_here = gpus_per_worker, runs_here
-        self.problems: list[str] = []
-        self.warnings: list[str] = []
+    training: dict[str, Any]
+    space: SearchSpace
+    overridden: set[str]
+    preset: str
+    gpus_per_worker: float
+    runs_here: bool
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
         self.defaults = TrainConfig().flat()
 
     def origin(self, key: str) -> str:
         return "space.overrides" if key in self.overridden else f"space (preset {self.preset})"
 
-    def run(self) -> None:
+    def run(self) -> tuple[list[str], list[str]]:
         try:
             self.fixed = flatten(unflatten(self.training))
         except ConfigError as err:
             self.problems.append(f"  training: {err}")
-            return
-        if not self._keys():
-            return
+            return self.problems, self.warnings
+        if self._keys():
+            self._check()
+        return self.problems, self.warnings
+
+    def _check(self) -> None:
         self.points, note = check_points(self.space)
         self.warnings += note
         reference = self._validate_points()
@@ -414,19 +413,3 @@ def _without_key(line: str) -> str:
 
 def _indent(text: str) -> str:
     return "\n".join(f"  {line}" for line in text.splitlines())
-
-
-def sweep_problems(
-    training: dict[str, Any],
-    space: SearchSpace,
-    *,
-    overridden: set[str],
-    preset: str,
-    gpus_per_worker: float,
-    runs_here: bool,
-) -> tuple[list[str], list[str]]:
-    """(problems, warnings) of a sweep's fixed ``training`` settings and ``space``, whose
-    ``overridden`` keys come from ``space.overrides`` and the rest from ``preset``."""
-    check = _Check(training, space, overridden, preset, gpus_per_worker, runs_here)
-    check.run()
-    return check.problems, check.warnings

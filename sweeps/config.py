@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from search_spaces import SearchSpace, SearchSpaceError, load_space
-from sweeps.checks import complete_point, sweep_problems
+from sweeps.checks import SweepCheck, complete_point
 from trainables.config import TrainConfig, flatten, load_config, unflatten
 from trainables.config_io import describe_errors, read_yaml_mapping
 
@@ -193,14 +193,14 @@ def check_sweep(
         except SearchSpaceError as err:
             text = "\n".join(f"  {line}" for line in f"space: {err}".splitlines())
             raise SweepConfigError(f"invalid sweep config {path}:\n{text}") from None
-    problems, found = sweep_problems(
+    problems, found = SweepCheck(
         sweep.training,
         space,
         overridden={key for key, spec in sweep.space.overrides.items() if spec is not None},
         preset=sweep.space.preset,
         gpus_per_worker=sweep.resources.gpus_per_worker,
         runs_here=runs_here,
-    )
+    ).run()
     if problems:
         raise SweepConfigError("\n".join([f"invalid sweep config {path}:", *problems]))
     never = [f"space: {w.message}" for w in caught if issubclass(w.category, UserWarning)]

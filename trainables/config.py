@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -59,7 +59,43 @@ class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DatasetConfig(_Group):
+class _Registered(_Group):
+    """A group naming an entry of a registry (``name``) with that entry's ``options``."""
+
+    kind: ClassVar[str]
+
+    @staticmethod
+    def registry() -> tuple[tuple[str, ...], Callable[[str], list[str]]]:
+        """The registry's names and each name's accepted options (imported on use: torch)."""
+        raise NotImplementedError
+
+    @field_validator("name", check_fields=False)
+    @classmethod
+    def _known_name(cls, value: str) -> str:
+        known, _ = cls.registry()
+        if value not in known:
+            hint = did_you_mean(value, known)
+            raise ValueError(f"unknown {cls.kind} {value!r}{hint}; known: {', '.join(known)}")
+        return value
+
+    @field_validator("options", check_fields=False)
+    @classmethod
+    def _known_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("name")
+        if name is None:  # the name is invalid: reported already
+            return value
+        accepted = cls.registry()[1](name)
+        unknown = [f"{key!r}{did_you_mean(key, accepted)}" for key in value if key not in accepted]
+        if unknown:
+            raise ValueError(
+                f"{cls.kind} {name!r} has no option {', '.join(unknown)}; it takes: "
+                f"{', '.join(accepted) or 'none'}"
+            )
+        return value
+
+
+class DatasetConfig(_Registered):
+    kind: ClassVar[str] = "dataset"
     name: str = Field("digits", description="a name of trainables.data.DATASETS")
     root: str | None = Field(None, description="data directory (default: $CERTSWEEP_DATA)")
     val_size: float = Field(0.1, gt=0, lt=1, description="fraction of train held out")
@@ -67,60 +103,23 @@ class DatasetConfig(_Group):
     download: bool = False
     options: dict[str, Any] = Field(default_factory=dict, description="loader-specific")
 
-    @field_validator("name")
-    @classmethod
-    def _known_dataset(cls, value: str) -> str:
-        from trainables.data import DATASETS  # torch and torchvision, only when validating
+    @staticmethod
+    def registry() -> tuple[tuple[str, ...], Callable[[str], list[str]]]:
+        from trainables.data import DATASETS, dataset_options
 
-        return _known_name("dataset", value, DATASETS)
-
-    @field_validator("options")
-    @classmethod
-    def _known_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        from trainables.data import dataset_options
-
-        name = info.data.get("name")
-        return value if name is None else _known_options("dataset", name, value, dataset_options)
+        return DATASETS, dataset_options
 
 
-class ModelConfig(_Group):
+class ModelConfig(_Registered):
+    kind: ClassVar[str] = "model"
     name: str = Field("cnn_small", description="a name of trainables.models.MODELS")
     options: dict[str, Any] = Field(default_factory=dict, description="e.g. width")
 
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        from trainables.models import MODELS  # torch, only when validating
+    @staticmethod
+    def registry() -> tuple[tuple[str, ...], Callable[[str], list[str]]]:
+        from trainables.models import MODELS, model_options
 
-        return _known_name("model", value, MODELS)
-
-    @field_validator("options")
-    @classmethod
-    def _known_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        from trainables.models import model_options
-
-        name = info.data.get("name")
-        return value if name is None else _known_options("model", name, value, model_options)
-
-
-def _known_name(kind: str, value: str, known: tuple[str, ...]) -> str:
-    if value not in known:
-        hint = did_you_mean(value, known)
-        raise ValueError(f"unknown {kind} {value!r}{hint}; known: {', '.join(known)}")
-    return value
-
-
-def _known_options(
-    kind: str, name: str, options: dict[str, Any], accepted_of: Any
-) -> dict[str, Any]:
-    accepted = accepted_of(name)
-    problems = [f"{key!r}{did_you_mean(key, accepted)}" for key in options if key not in accepted]
-    if problems:
-        raise ValueError(
-            f"{kind} {name!r} has no option {', '.join(problems)}; it takes: "
-            f"{', '.join(accepted) or 'none'}"
-        )
-    return options
+        return MODELS, model_options
 
 
 class OptimConfig(_Group):

@@ -38,7 +38,13 @@ from trainables.config import (
     ramp_applies,
     unflatten,
 )
-from trainables.config_fields import check_value, lookup_field
+from trainables.config_fields import (
+    FieldRef,
+    check_value,
+    did_you_mean,
+    lookup_field,
+    tag_values,
+)
 from trainables.config_io import describe_errors
 
 #: Combinations of categorical choices validated in full; beyond, see the module docstring.
@@ -275,13 +281,7 @@ class SweepCheck:
                 message = self._free_form_problem(key, value)
                 bad += [] if message is None else [f"{label} {value!r}: {message}"]
                 continue
-            for ref in found.refs:
-                err = check_value(ref, value, reference)
-                if err is not None:
-                    message = "; ".join(
-                        _without_key(line) for line in describe_errors(err, ref.owner)
-                    )
-                    bad.append(f"{label} {value!r}{ref.where}: {message}")
+            bad += [f"{label} {value!r}{text}" for text in refusals(found.refs, value, reference)]
         lines += [f"{where}: {text}" for text in bad[:MAX_LISTED]]
         if len(bad) > MAX_LISTED:
             lines.append(f"{where}: ... and {len(bad) - MAX_LISTED} more bad values")
@@ -401,6 +401,25 @@ class SweepCheck:
                     "the data is not on this machine (fine if the cluster's nodes have it):"
                     f" {missing}"
                 )
+
+
+def refusals(refs: list[FieldRef], value: Any, reference: TrainConfig | None) -> list[str]:
+    """Why the fields ``refs`` refuse ``value``: every field must accept it, except that a
+    union's discriminator (``method.name``) needs one member that does."""
+    refusals = []
+    for ref in refs:
+        err = check_value(ref, value, reference)
+        if err is not None:
+            lines = describe_errors(err, ref.owner)
+            refusals.append((ref, f"{ref.where}: {'; '.join(map(_without_key, lines))}"))
+    tags = [ref for ref in refs if ref.is_tag]
+    if tags and len([r for r, _ in refusals if r.is_tag]) < len(tags):
+        refusals = [(ref, text) for ref, text in refusals if not ref.is_tag]
+    elif tags:  # no member takes it: one message, not one per member
+        names = [str(v) for ref in tags for v in tag_values(ref.owner, ref.name)]
+        hint = did_you_mean(value, names)
+        refusals = [(tags[0], f": unknown {value!r}{hint}; expected one of: {', '.join(names)}")]
+    return [text for _, text in refusals]
 
 
 def _without_key(line: str) -> str:

@@ -10,6 +10,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from search_spaces import SearchSpaceError, load_space
+from sweeps.checks import refusals
 from sweeps.config import SweepConfigError, load_sweep
 from trainables.config import ConfigError, TrainConfig, load_config
 from trainables.config_fields import check_value, lookup_field, walk_loc
@@ -125,6 +126,11 @@ def test_union_tags_are_dropped_from_error_paths_and_unknown_keys_get_hints() ->
     assert "  method.alpha: Input should be less than or equal to 1 (got 3)" in lines
     assert "  method.alpah: unknown key (did you mean method.alpha?)" in lines
     assert walk_loc(_Run, ("method", "cc-ibp", "alpha"))[0] == ["method", "alpha"]
+    with pytest.raises(ValidationError) as info:
+        _Run.model_validate({"method": {"name": "cc-ibpp"}})
+    assert describe_errors(info.value, _Run) == [
+        "  method.name: unknown 'cc-ibpp' (did you mean cc-ibp?); expected one of: ibp, cc-ibp"
+    ]
 
 
 def test_lookup_follows_the_when_condition_into_union_members() -> None:
@@ -136,6 +142,13 @@ def test_lookup_follows_the_when_condition_into_union_members() -> None:
     assert "less than or equal to 0.5" in str(check_value(everywhere.refs[1], 0.8))
     wrong = lookup_field(_Run, "method.alpha", {"method.name": lambda v: v in ("ibp", "cc-ibp")})
     assert wrong.missing_in == ["method.name=ibp"] and len(wrong.refs) == 1
+    tags = lookup_field(_Run, "method.name").refs
+    assert [ref.is_tag for ref in tags] == [True, True]
+    assert refusals(tags, "cc-ibp", None) == []  # one member takes it: enough for a tag
+    assert refusals(tags, "cc-ibpp", None) == [
+        ": unknown 'cc-ibpp' (did you mean cc-ibp?); expected one of: ibp, cc-ibp"
+    ]
+    assert refusals(everywhere.refs, 0.8, None)[0].startswith(" (method.name=cc-ibp): Input")
     assert lookup_field(_Run, "options.width").free_form
     assert "did you mean method.alpha" in str(lookup_field(_Run, "method.alpa").unknown)
 

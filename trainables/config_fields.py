@@ -142,6 +142,9 @@ class FieldRef:
     owner: type[BaseModel]
     name: str
     selection: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    #: The field is the discriminator of the union ``owner`` belongs to (``method.name``):
+    #: a value is acceptable when one member's field accepts it.
+    is_tag: bool = False
 
     @property
     def key(self) -> str:
@@ -177,18 +180,21 @@ def lookup_field(
     members by their discriminator value."""
     conditions = conditions or {}
     parts = key.split(".")
-    frontier: list[tuple[type[BaseModel], tuple[str, ...], tuple]] = [(root, (), ())]
+    # (model, its path, union selections so far, the discriminator it was selected by)
+    frontier: list[tuple[type[BaseModel], tuple[str, ...], tuple, str | None]] = [
+        (root, (), (), None)
+    ]
     result = Lookup()
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         next_frontier = []
-        for model, path, selection in frontier:
+        for model, path, selection, tag_field in frontier:
             info = model.model_fields.get(part)
             if info is None:
                 continue
             here = (*path, part)
             if last:
-                result.refs.append(FieldRef(here, model, part, selection))
+                result.refs.append(FieldRef(here, model, part, selection, part == tag_field))
                 continue
             if _is_mapping(info.annotation) and not model_members(info.annotation):
                 result.free_form = True
@@ -206,9 +212,11 @@ def lookup_field(
                         if holds is not None:
                             result.missing_in.append(f"{tag_key}={'/'.join(map(str, tags))}")
                         continue
-                    next_frontier.append((member, here, (*selection, (tag_key, tags))))
+                    next_frontier.append(
+                        (member, here, (*selection, (tag_key, tags)), discriminator)
+                    )
             else:
-                next_frontier.extend((member, here, selection) for member in members)
+                next_frontier.extend((member, here, selection, None) for member in members)
         if result.free_form:
             return result
         if not next_frontier and not result.refs and not result.missing_in:

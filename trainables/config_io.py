@@ -177,6 +177,8 @@ def describe_errors(
         parts, parent, annotation = (
             walk_loc(model, loc) if model is not None else ([str(p) for p in loc], None, None)
         )
+        if problem["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            parts = [*parts, str(problem["ctx"]["discriminator"]).strip("'\"")]
         full = [prefix, *parts] if prefix else parts
         message = _message(problem, parent, annotation, ".".join(full[:-1]))
         line = f"  {'.'.join(full)}: {message}" if full else f"  {message}"
@@ -186,6 +188,12 @@ def describe_errors(
 
 
 def _message(problem: Any, parent: type[BaseModel] | None, annotation: Any, group: str) -> str:
+    if problem["type"] == "union_tag_invalid":  # a discriminated union's tag, e.g. method.name
+        tags = [tag.strip().strip("'\"") for tag in str(problem["ctx"]["expected_tags"]).split(",")]
+        tag = problem["ctx"]["tag"]
+        return f"unknown {tag!r}{did_you_mean(tag, tags)}; expected one of: {', '.join(tags)}"
+    if problem["type"] == "union_tag_not_found":
+        return "missing (it selects which settings apply)"
     if problem["type"] == "extra_forbidden":
         known = list(parent.model_fields) if parent is not None else []
         hint = did_you_mean(problem["loc"][-1], known, f"{group}." if group else "")

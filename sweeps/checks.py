@@ -109,25 +109,19 @@ def _points(space: SearchSpace, vary: set[str]) -> Iterator[dict[str, Any]]:
     their representative value), following the ``when`` conditions in order."""
     defaults = TrainConfig().flat()
     items = list(space.parameters.items())
-
-    def walk(i: int, values: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        if i == len(items):
-            yield dict(values)
-            return
-        key, spec = items[i]
-        if not _active(spec, values):
-            yield from walk(i + 1, values)
-            return
-        if isinstance(spec, CategoricalParam) and key in vary:
-            options = spec.choices
-        else:
-            options = (representative(spec, defaults.get(key)),)
-        for value in options:
-            values[key] = value
-            yield from walk(i + 1, values)
-        del values[key]
-
-    yield from walk(0, {})
+    stack: list[tuple[int, dict[str, Any]]] = [(0, {})]  # depth first, without recursion
+    while stack:
+        i, values = stack.pop()
+        for j in range(i, len(items)):
+            key, spec = items[j]
+            if not _active(spec, values):
+                continue
+            if isinstance(spec, CategoricalParam) and key in vary:
+                stack.extend((j + 1, {**values, key: c}) for c in reversed(spec.choices[1:]))
+                values[key] = spec.choices[0]
+            else:
+                values[key] = representative(spec, defaults.get(key))
+        yield values
 
 
 def _first(points: Iterator[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], bool]:

@@ -192,3 +192,9 @@ def test_large_categoricals_validate_fast_and_huge_ones_are_refused(tmp_path, ca
     refused = time.perf_counter() - started
     with capsys.disabled():
         print(f"\n10,000 choices checked in {loaded:.2f} s; 3,000,000 refused in {refused:.2f} s")
+
+
+def test_a_space_of_many_parameters_is_walked_without_recursion() -> None:
+    many = {f"model.options.o{i}": {"type": "int", "low": 1, "high": 2} for i in range(3000)}
+    points, note = check_points(load_space("certified", many))
+    assert not note and len(points) == 12 and all(len(p) > 3000 for p in points)  # 2 x 6

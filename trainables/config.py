@@ -85,10 +85,12 @@ class _Registered(_Group):
         if name is None:  # the name is invalid: reported already
             return value
         accepted = cls.registry()[1](name)
-        unknown = [f"{key!r}{did_you_mean(key, accepted)}" for key in value if key not in accepted]
+        unknown = [key for key in value if key not in accepted]
         if unknown:
+            shown = [f"{key!r}{did_you_mean(key, accepted)}" for key in unknown[:5]]
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             raise ValueError(
-                f"{cls.kind} {name!r} has no option {', '.join(unknown)}; it takes: "
+                f"{cls.kind} {name!r} has no option {', '.join(shown)}{more}; it takes: "
                 f"{', '.join(accepted) or 'none'}"
             )
         return value

@@ -354,7 +354,8 @@ class SweepCheck:
             problem = teacher_problem(config)
             if problem is not None:
                 source = self.origin("teacher.name") if searched else "training"
-                self.problems.append(f"  {source}: {problem}")
+                first, *rest = problem.splitlines()
+                self.problems.append("\n".join([f"  {source}: {first}", *(f"  {r}" for r in rest)]))
 
     def _device(self) -> None:
         from trainables.preflight import device_problem

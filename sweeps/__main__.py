@@ -1,8 +1,10 @@
-"""``python -m sweeps validate FILE`` / ``python -m sweeps run FILE [--storage URI]``.
+"""``python -m sweeps validate FILE`` / ``python -m sweeps run FILE [--storage URI] ...``.
 
-``run`` validates first (nothing starts on a bad config), starts a local Ray unless it runs
+``run`` validates first (nothing starts on a bad config), checks what it can before Ray
+starts (storage, the sweep's lock, its recorded settings), starts a local Ray unless it runs
 under ``ray job submit`` or ``RAY_ADDRESS`` names a cluster, and resumes the sweep if its
-results folder already holds one.
+results folder already holds one (a larger ``--num-trials`` extends it). Exit codes: 0 when
+the sweep has a completed trial, 1 when none completed, 2 when it could not start.
 """
 
 from __future__ import annotations
@@ -23,11 +25,20 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--num-trials", type=int, help="overrides num_trials")
     run = commands.choices["run"]
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    run.add_argument(
+        "--fresh", action="store_true", help="remove the sweep's results first (says what)"
+    )
+    run.add_argument("--verbose", action="store_true", help="Ray's and Optuna's own output too")
+    run.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="take over the lock of a driver that died (object-store storage only)",
+    )
     args = parser.parse_args(argv)
     overrides = {}
     if args.storage:
         overrides["storage"] = args.storage
-    if args.num_trials:
+    if args.num_trials is not None:
         overrides["num_trials"] = args.num_trials
     try:
         sweep = load_sweep(args.config, overrides)
@@ -37,10 +48,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         print(f"{args.config}: valid sweep {sweep.name!r} ({sweep.num_trials} trials)")
         return 0
-    from sweeps.driver import ensure_ray, run_sweep
+    from sweeps.driver import START_ERRORS, run_sweep
 
-    ensure_ray(args.num_cpus)
-    run_sweep(sweep, config_source=args.config)
+    try:
+        outcome = run_sweep(
+            sweep,
+            config_source=args.config,
+            fresh=args.fresh,
+            verbose=args.verbose,
+            num_cpus=args.num_cpus,
+            break_lock=args.break_lock,
+        )
+    except START_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not outcome.completed:
+        print(
+            f"error: no trial of sweep {sweep.name!r} completed ({outcome.trials} ended):"
+            f" see the errors in {outcome.results}/trials",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

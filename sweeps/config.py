@@ -12,10 +12,11 @@ from typing import Any, Literal
 
 import optuna
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from search_spaces import SearchSpace, SearchSpaceError, load_space
 from trainables.config import ConfigError, TrainConfig, flatten, load_config
+from trainables.results import is_trial_metric
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
@@ -33,9 +34,22 @@ class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _reported_metric(name: str) -> str:
+    """Objectives and constraints must name a metric trials report (a typo would make every
+    trial "complete" with a made-up worst value)."""
+    if not is_trial_metric(name):
+        raise ValueError(
+            f"{name!r} is no metric a trial reports (e.g. val_clean_acc, val_cert_acc,"
+            " test_cert_acc, val_pgd_acc, wall_time_s, device_hours, loss)"
+        )
+    return name
+
+
 class Objective(_Group):
     metric: str
     mode: Literal["max", "min"] = "max"
+
+    _known = field_validator("metric")(_reported_metric)
 
 
 class SpaceConfig(_Group):
@@ -69,6 +83,8 @@ class EarlyStopping(_Group):
 class Constraint(_Group):
     metric: str
     min: float
+
+    _known = field_validator("metric")(_reported_metric)
 
 
 class SweepConfig(_Group):

@@ -258,7 +258,6 @@ def run_sweep(
             print(f"set aside a damaged results file: {path} ({lost})", flush=True)
         rows = found.trials
         resuming = check_or_record(location, sweep, space, len(rows), code_version())
-        storage = _prepare_study(sweep, space, results, rows)
         remaining = sweep.num_trials - len(rows)
         if resuming:
             print(
@@ -266,8 +265,9 @@ def run_sweep(
                 f" finished, {max(remaining, 0)} to run",
                 flush=True,
             )
+        optuna_store = _prepare_study(sweep, space, results, rows)
         if remaining > 0:
-            _run_trials(sweep, space, location, rows, storage, remaining, verbose, num_cpus)
+            _run_trials(sweep, space, location, rows, optuna_store, remaining, verbose, num_cpus)
         trials = read_sweep(location, epochs=False).trials
     completed = int((trials["status"] == COMPLETED).sum())
     print(front_text(trials, [o.metric for o in sweep.objectives], directions(sweep)), flush=True)

@@ -220,7 +220,8 @@ def test_one_driver_and_a_killed_driver_resumes_what_it_was_started_with(tmp_pat
 
         journal = JournalStorage(JournalFileBackend(str(storage / SWEEP / "optuna.journal")))
         study = optuna.load_study(study_name=SWEEP, storage=journal)
-        cut_off = len(study.get_trials(states=[optuna.trial.TrialState.RUNNING]))
+        running = study.get_trials(states=[optuna.trial.TrialState.RUNNING])
+        cut_off = sum("folder" in t.user_attrs for t in running)  # started in Tune
         with (tmp_path / "second.log").open("w") as log:
             again = subprocess.Popen(
                 [*run, str(config), "--num-trials", str(NUM_TRIALS + 1)], cwd=REPO, env=env,

@@ -423,3 +423,24 @@ def test_one_line_per_finished_trial_with_the_front(capsys: pytest.CaptureFixtur
     assert lines[1].startswith("[ 5/16] demo_4_t4 pruned    2/6    -s") and "front 2" in lines[1]
     assert lines[2] == "1 running, 5/16 finished; front 2, HV 0.3500"
     assert lines[4].split() == ["demo_5_t5", "3/6", "0.7000", "-"]
+
+
+def test_a_rerun_resumes_from_the_newest_checkpoint_that_loads(tmp_path: Path) -> None:
+    """A trial cut off by a killed driver left Tune checkpoints in its folder; the newest one
+    was cut short by the kill: its re-run starts from the newest one that loads."""
+    from trainables.training.checkpoint import load_checkpoint, save_checkpoint
+    from trainables.tune import _copy_newest_checkpoint
+
+    folder = tmp_path / "ray" / "demo" / "demo_1_abc"
+    save_checkpoint(folder / "checkpoint_000000" / "checkpoint.pt", {"epoch": 1})
+    save_checkpoint(folder / "checkpoint_000001" / "checkpoint.pt", {"epoch": 2})
+    (folder / "checkpoint_000002").mkdir()
+    (folder / "checkpoint_000002" / "checkpoint.pt").write_bytes(b"half a file")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    _copy_newest_checkpoint(str(tmp_path), ["ray/demo-2/gone", "ray/demo/demo_1_abc"], workdir)
+    assert load_checkpoint(workdir / "checkpoint.pt")["epoch"] == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _copy_newest_checkpoint(str(tmp_path), ["ray/demo/nothing"], empty)
+    assert not list(empty.iterdir())  # nothing to resume from: the trial starts at epoch 0

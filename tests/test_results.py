@@ -521,3 +521,32 @@ def test_recertify_refuses_an_empty_subset() -> None:
     for subset in (0, -3):
         with pytest.raises(ValueError, match="subset must be at least 1"):
             recertify("/nowhere", "crown", subset=subset)
+
+
+def test_certification_rows_are_versioned_and_name_the_attacks_the_code_runs(
+    tmp_path: Path,
+) -> None:
+    from trainables.attacks.autoattack import STANDARD_ATTACKS
+    from trainables.results.certification import AA_COLUMNS, read_rows, write_rows
+    from trainables.results.migrations import SchemaVersionError
+
+    assert tuple(f"aa_{a.replace('-', '_')}_acc" for a in STANDARD_ATTACKS) == AA_COLUMNS
+    row = {
+        "checkpoint": "c.pt",
+        "method": "ibp",
+        "kind": "certified",
+        "split": "test",
+        "n": 10,
+        "norm": "linf",
+        "radius": 0.1,
+        "clean_acc": 0.9,
+        "cert_acc": 0.5,
+        "seconds": 1.0,
+        "written_at": pd.Timestamp.now(tz="UTC"),
+    }
+    path = write_rows([row], tmp_path / "rows.parquet")
+    assert read_rows(path).to_pylist()[0]["cert_acc"] == 0.5
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.parquet"]  # no temporary left
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "other.parquet")
+    with pytest.raises(SchemaVersionError, match=r"other\.parquet"):
+        read_rows(tmp_path / "other.parquet")

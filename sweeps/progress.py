@@ -156,8 +156,9 @@ def front_text(
     width: int = WIDTH,
 ) -> str:
     """The front as a text table within ``width`` columns: trial, objectives, test metrics,
-    then the parameters that differ between its members, as many as fit (the rest are
-    named below it; every column is in the report)."""
+    then the parameters that differ between its members, as many as fit; columns with one
+    value on the whole front, and those that did not fit, are named below it (every column
+    is in the report)."""
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     done = ", ".join(f"{n} {s}" for s, n in counts.items())
     front = front_members(trials, objectives, directions, varying_only=True)
@@ -165,18 +166,23 @@ def front_text(
     if front.empty:
         return header
     cells = front.head(top).map(_value)
+    same = [c for c in cells.columns[1 + len(objectives) :] if cells[c].nunique() == 1]
     kept, used = [], 0
-    for column in cells.columns:
+    for column in [c for c in cells.columns if c not in same]:
         column_width = max(len(column), *(len(v) for v in cells[column])) + 2
         if used + column_width > width and kept:
             continue
         kept.append(column)
         used += column_width
-    left = [c for c in cells.columns if c not in kept]
+    left = [c for c in cells.columns if c not in kept and c not in same]
     lines = [header, _text_table(kept, cells[kept].values.tolist())]
     if len(front) > top:
         lines.append(f"  ... {len(front) - top} more members in the report")
+    notes = []
+    if same:
+        notes.append(f"the same on the front: {', '.join(f'{c}={cells[c].iloc[0]}' for c in same)}")
     if left:
-        note = f"not shown (see the report): {', '.join(left)}"
+        notes.append(f"not shown (see the report): {', '.join(left)}")
+    for note in notes:
         lines.append(textwrap.fill(note, width, initial_indent="  ", subsequent_indent="    "))
     return "\n".join(lines)

@@ -379,7 +379,8 @@ def test_the_front_fits_the_width_and_names_what_it_leaves_out() -> None:
     lines = text.splitlines()
     assert lines[0] == "Pareto front: 4 of 4 trials (4 completed)"
     assert max(map(len, lines)) <= WIDTH
-    assert "fixed_on_front" not in text  # the same on every member: only in the report
+    assert "fixed_on_front" not in text  # a parameter the same on every member: the report's
+    assert "the same on the front: test_clean_acc=0.8000" in text and "test_verifier=crown" in text
     assert "not shown (see the report): " in text and "a_long_parameter_name_5" in text
 
 

@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
         command = commands.add_parser(name)
         command.add_argument("config", help=f"sweep YAML (ready ones: {CONFIGS_DIR})")
         command.add_argument("--storage", help="results root (path or URI); overrides the file")
-        command.add_argument("--num-trials", type=int, help="overrides num_trials")
+        command.add_argument(
+            "--num-trials", type=int, help="overrides num_trials (a larger one extends a sweep)"
+        )
     run = commands.choices["run"]
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     run.add_argument(

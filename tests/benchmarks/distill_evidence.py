@@ -42,8 +42,8 @@ import yaml
 from scipy.stats import ttest_rel
 
 from trainables.config import load_config
-from trainables.teachers.cache import ensure_teacher
 from trainables.training.loop import train
+from trainables.training.teacher_cache import ensure_teacher
 
 ROOT = Path(__file__).parents[2]
 CONFIG = ROOT / "trainables" / "configs" / "digits.yaml"

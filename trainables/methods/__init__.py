@@ -98,34 +98,12 @@ def read_method_group(value: Any) -> Any:
     return value
 
 
-def describe_error(problem: dict[str, Any]) -> str | None:
-    """One readable line for a validation error inside the ``method`` group, else None.
-
-    Pydantic locates errors of a discriminated union under the tag (``method.ibp.alpha``);
-    the line names the config key instead (``method.alpha``) and what is allowed there.
-    """
-    loc = problem["loc"]
-    if not loc or loc[0] != "method":
-        return None
-    if problem["type"] == "union_tag_invalid":
-        tag = problem["ctx"]["tag"]
-        return f"method.name: {tag!r} is not a training method; choose one of {', '.join(METHODS)}"
-    if len(loc) < 3 or loc[1] not in METHODS:
-        return None
-    name, path = loc[1], ".".join(["method", *map(str, loc[2:])])
-    if problem["type"] == "extra_forbidden":
-        settings = ", ".join(key for key in METHODS[name].model_fields if key != "name")
-        return f"{path}: not a setting of method.name={name!r} (its settings: {settings})"
-    return f"{path}: {problem['msg']} (got {problem['input']!r})"
-
-
 __all__ = [
     "DEFAULT_METHOD",
     "METHODS",
     "METHOD_CLASSES",
     "Method",
     "MethodSettings",
-    "describe_error",
     "method_names",
     "method_settings",
     "read_method_group",

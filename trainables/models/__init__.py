@@ -4,7 +4,14 @@
 from trainables.models.features import feature_names, feature_prefix, forward_features
 from trainables.models.layers import Normalize
 from trainables.models.resnets import PreActBlock
-from trainables.models.zoo import CERTIFIABLE_MODELS, LIPSCHITZ_MODELS, MODELS, build_model
+from trainables.models.zoo import (
+    CERTIFIABLE_MODELS,
+    LIPSCHITZ_MODELS,
+    MODELS,
+    build_model,
+    check_model,
+    model_options,
+)
 
 __all__ = [
     "CERTIFIABLE_MODELS",
@@ -13,7 +20,9 @@ __all__ = [
     "Normalize",
     "PreActBlock",
     "build_model",
+    "check_model",
     "feature_names",
     "feature_prefix",
     "forward_features",
+    "model_options",
 ]

@@ -33,6 +33,7 @@ from search_spaces.space import AnyParam
 from trainables.config import (
     ConfigError,
     TrainConfig,
+    config_keys,
     flatten,
     load_config,
     ramp_applies,
@@ -201,7 +202,7 @@ class SweepCheck:
 
     def _keys(self) -> bool:
         try:
-            keys = self.defaults.keys()
+            keys = config_keys()  # with every method's settings, not only the default's
             self.space.validate_against(keys, extra_keys=["model.options.*", "dataset.options.*"])
         except SearchSpaceError as err:
             self.problems.append(_indent(f"space: {err}"))

@@ -24,7 +24,7 @@ from trainables.config import ConfigError, load_config
 from trainables.data import load_dataset
 from trainables.models import build_model
 from trainables.training.loop import train
-from trainables.training.methods import MethodStep
+from trainables.training.step import TrainingStep
 
 SMALL_MLP = {"model.name": "mlp", "model.options": {"width": 32}}
 
@@ -129,7 +129,7 @@ def test_gaussian_step_trains_on_noisy_inputs() -> None:
         config = load_config(digits_config(overrides))
         torch.manual_seed(0)
         model = build_model("mlp", (1, 8, 8), 10, width=32)
-        out = MethodStep(model, model, config, 10, torch.Generator().manual_seed(0))(x, y, 0.1)
+        out = TrainingStep(model, model, config, 10, torch.Generator().manual_seed(0))(x, y, 0.1)
         losses[sigma] = out.terms["noisy"].item()
         clean = F.cross_entropy(out.logits, y).item()
     assert losses[1e-6] == pytest.approx(clean, rel=1e-4)

@@ -19,17 +19,18 @@ from trainables.config import ConfigError, load_config
 from trainables.losses.certified import margin_cross_entropy
 from trainables.losses.distillation import (
     cc_feature_term,
+    farther_endpoint,
     feature_distance,
     kl_with_temperature,
     linear_interval,
-    worst_case_features,
     worst_case_logits,
 )
 from trainables.losses.saad import minmax_normalise, renyi_entropy, saad_weights
+from trainables.methods.context import margin_bounds
 from trainables.models import build_model, feature_names, feature_prefix
 from trainables.teachers import Teacher
-from trainables.training.distillation import Distiller
-from trainables.training.methods import MethodStep, margin_bounds
+from trainables.training.distiller import Distiller
+from trainables.training.step import TrainingStep
 
 LN3 = math.log(3)
 #: Shannon entropies: H([1/2, 1/2]) = ln 2; H([3/4, 1/4]) = ln 4 - (3/4) ln 3; H([1, 0]) = 0.
@@ -92,17 +93,82 @@ LOWER, UPPER = torch.tensor([[0.0, 1.0]]), torch.tensor([[3.0, 2.5]])
     ("alpha", "expected"),
     [
         (0.0, 0.5),  # adversarial features [2, 2]: ((2-1)^2 + 0) / 2
-        (0.5, 1.25),  # [2.5, 1.5]: (1.5^2 + 0.5^2) / 2
+        # endpoints [1, 1.5] and [2.5, 2.25]: per coordinate max(0, 1.5^2), max(0.5^2, 0.25^2)
+        (0.5, 1.25),
         (1.0, 2.5),  # worst case [3, 1]: (2^2 + 1^2) / 2
     ],
 )
 def test_feature_term_by_hand(alpha: float, expected: float) -> None:
     # coordinate 0: |0 - 1| < |3 - 1| -> upper 3; coordinate 1: |1 - 2| > |2.5 - 2| -> lower 1
-    assert worst_case_features(LOWER, UPPER, TEACHER).tolist() == [[3.0, 1.0]]
+    assert farther_endpoint(LOWER, UPPER, TEACHER).tolist() == [[3.0, 1.0]]
     adv = ADV if alpha < 1 else None
     bounds = (LOWER, UPPER) if alpha > 0 else None
     term = cc_feature_term(adv, bounds, TEACHER, alpha)
     assert term.item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("alpha", "expected"), [(0.0, 1.0), (0.2, 1.21), (0.5, 1.5625), (1.0, 9.0)]
+)
+def test_feature_term_mixes_first_then_takes_the_farther_endpoint(alpha, expected) -> None:
+    # t = 0, adv = 1, [l, u] = [-3, 1.5]: endpoints (1 - a) + a (-3) and (1 - a) + 1.5 a.
+    # Choosing the bound farther from t first (-3) and mixing after gives 1.00 / 0.04 / 1.00 /
+    # 9.00: not monotone in alpha.
+    t, adv, lower, upper = (torch.tensor([[v]]) for v in (0.0, 1.0, -3.0, 1.5))
+    term = cc_feature_term(adv if alpha < 1 else None, (lower, upper), t, alpha)
+    assert term.item() == pytest.approx(expected)
+
+
+def _random_feature_case(seed: int, width: int = 7, batch: int = 5):
+    """Random teacher features, bounds, and adversarial features inside the bounds."""
+    generator = torch.Generator().manual_seed(seed)
+    lower = torch.randn(batch, width, generator=generator)
+    upper = lower + 2 * torch.rand(batch, width, generator=generator)
+    adv = lower + torch.rand(batch, width, generator=generator) * (upper - lower)
+    teacher = 2 * torch.randn(batch, width, generator=generator)
+    return adv, lower, upper, teacher
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("projected", [False, True])
+def test_feature_term_is_non_decreasing_in_alpha(seed: int, projected: bool) -> None:
+    adv, lower, upper, teacher = _random_feature_case(seed)
+    projection = None
+    if projected:
+        torch.manual_seed(seed)
+        projection = nn.Linear(7, 4)
+        teacher = teacher[:, :4]
+    with torch.no_grad():
+        values = torch.stack(
+            [
+                cc_feature_term(adv, (lower, upper), teacher, a, projection=projection)
+                for a in torch.linspace(0, 1, 41).tolist()
+            ]
+        )
+    assert (values[1:] >= values[:-1] - 1e-6).all(), values
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("alpha", [0.01, 0.3, 1.0])
+def test_feature_term_gradient_never_widens_the_bounds(seed: int, alpha: float) -> None:
+    adv, lower, upper, teacher = _random_feature_case(seed)
+    lower.requires_grad_(True)
+    upper.requires_grad_(True)
+    cc_feature_term(adv, (lower, upper), teacher, alpha).sum().backward()
+    # a descent step moves lower by -grad and upper by -grad: lower must not fall, upper not rise
+    assert (lower.grad <= 0).all() and (upper.grad >= 0).all()
+    assert ((lower.grad != 0) | (upper.grad != 0)).all()  # one endpoint per coordinate moves
+
+
+def test_feature_term_limits_are_the_adversarial_and_the_bound_only_forms() -> None:
+    adv, lower, upper, teacher = _random_feature_case(7)
+    at_zero = cc_feature_term(adv, (lower, upper), teacher, 0.0)
+    assert torch.allclose(at_zero, feature_distance(adv, teacher, "l2"))
+    assert torch.allclose(at_zero, cc_feature_term(adv, None, teacher, 0.0))
+    at_one = cc_feature_term(adv, (lower, upper), teacher, 1.0)
+    worst = torch.maximum((lower - teacher) ** 2, (upper - teacher) ** 2).mean(dim=1)
+    assert torch.allclose(at_one, worst)
+    assert torch.allclose(at_one, cc_feature_term(None, (lower, upper), teacher, 1.0))
 
 
 def test_cosine_distance_by_hand() -> None:
@@ -186,14 +252,14 @@ def _teacher(linear_size: int = 32) -> Teacher:
     return Teacher("test", model.eval().requires_grad_(False), "memory")
 
 
-def _step(overrides: dict, teacher: Teacher) -> tuple[MethodStep, nn.Sequential]:
+def _step(overrides: dict, teacher: Teacher) -> tuple[TrainingStep, nn.Sequential]:
     config = load_config(
         {"teacher.name": "test", "method.name": "cc-ibp", "attack.steps": 2, **overrides}
     )
     torch.manual_seed(3)
     student = build_model("cnn_small", (1, 8, 8), 10, linear_size=16).train()
     distiller = Distiller(config, teacher, student, (1, 8, 8), 10)
-    step = MethodStep(student, student, config, 10, torch.Generator().manual_seed(0), distiller)
+    step = TrainingStep(student, student, config, 10, torch.Generator().manual_seed(0), distiller)
     return step, student
 
 
@@ -232,7 +298,7 @@ def test_unknown_layer_is_a_clear_error_listing_the_names() -> None:
             "saad.on_certified": True,
             "saad.clean_weight": 0.5,
         },
-        {"method.name": "ibp", "saad.enabled": True, "method.alpha": 1.0},
+        {"method.name": "ibp", "saad.enabled": True, "distill.alpha": 1.0},
         {"method.name": "sabr", "distill.objective": "logit", "distill.inputs": "adv"},
     ],
 )
@@ -262,7 +328,7 @@ def test_saad_weights_multiply_the_per_sample_distillation_term(monkeypatch) -> 
         {"distill.objective": "logit", "distill.inputs": "clean", "saad.enabled": True}, teacher
     )
     weights = torch.tensor([0.0, 1.0, 2.0, 0.0, 1.0, 2.0])
-    import trainables.training.distillation as module
+    import trainables.training.distiller as module
 
     monkeypatch.setattr(module, "saad_weights", lambda *a, **k: (weights, weights / 2))
     with torch.no_grad():

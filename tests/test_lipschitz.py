@@ -29,7 +29,7 @@ from trainables.config import load_config
 from trainables.data import load_dataset
 from trainables.models import build_model
 from trainables.training.loop import RunResult, train
-from trainables.training.methods import MethodStep
+from trainables.training.step import TrainingStep
 
 SHAPE = (1, 8, 8)
 LIP = {
@@ -140,7 +140,7 @@ def test_margin_methods_use_the_library_losses(method) -> None:
     torch.manual_seed(0)
     model = build_model("lip_mlp", SHAPE, 10, width=16)
     x, y = torch.rand(8, *SHAPE), torch.randint(0, 10, (8,))
-    out = MethodStep(model, model, config, 10, torch.Generator())(x, y, 0.1)
+    out = TrainingStep(model, model, config, 10, torch.Generator())(x, y, 0.1)
     target = torch.nn.functional.one_hot(y, 10).float()
     if method == "hinge":
         expected = hinge_multiclass_loss(out.logits, target, 2.0).mean()

@@ -67,13 +67,16 @@ def test_mtl_and_exp_ibp() -> None:
     assert exp_ibp_loss(ibp, adv, 0.0).item() == pytest.approx(0.5)
 
 
-def test_sabr_box_stays_in_the_big_box_and_the_pixel_range() -> None:
-    x = torch.tensor([[0.5, 0.5, 0.02]])
-    x_adv = torch.tensor([[0.6, 0.45, 0.0]])
+def test_sabr_box_stays_in_the_clipped_box_and_keeps_its_width_at_the_pixel_range() -> None:
+    x = torch.tensor([[0.5, 0.5, 0.02, 0.0, 1.0]])
+    x_adv = torch.tensor([[0.6, 0.45, 0.0, 0.0, 1.0]])
     lower, upper = sabr_box(x, x_adv, eps=0.1, lam=0.25)
-    # radius 0.025: centre 0.6 moves to 0.575, 0.45 stays, 0.0 stays (lower end clips at 0)
-    assert lower[0].tolist() == pytest.approx([0.55, 0.425, 0.0])
-    assert upper[0].tolist() == pytest.approx([0.6, 0.475, 0.025])
+    # tau = 0.025. Clipped boxes [0.4, 0.6], [0.4, 0.6], [0, 0.12], [0, 0.1], [0.9, 1]; centres
+    # clamped into them shrunk by tau: 0.6 -> 0.575, 0.45 stays, 0 -> 0.025, 0 -> 0.025,
+    # 1 -> 0.975: every small box keeps its full width 0.05, even at 0 and 1
+    assert lower[0].tolist() == pytest.approx([0.55, 0.425, 0.0, 0.0, 0.95])
+    assert upper[0].tolist() == pytest.approx([0.6, 0.475, 0.05, 0.05, 1.0])
+    assert (upper - lower).tolist()[0] == pytest.approx([0.05] * 5)
     assert (lower >= (x - 0.1).clamp(0, 1) - 1e-7).all()
     assert (upper <= (x + 0.1).clamp(0, 1) + 1e-7).all()
 

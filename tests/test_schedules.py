@@ -11,13 +11,8 @@ from torch import nn
 from trainables.config import OptimConfig
 from trainables.models import build_model
 from trainables.models.init import ibp_init_std, shi_ibp_init
-from trainables.schedules import (
-    EpsSchedule,
-    build_lr_scheduler,
-    build_optimizer,
-    kappa,
-    warmup_weight,
-)
+from trainables.schedules import EpsSchedule, along_ramp, warmup_weight
+from trainables.training.optim import build_lr_scheduler, build_optimizer
 
 # E = 10 batches per epoch, ramp from epoch 2 for 4 epochs: init 10, mid 20, final 50;
 # a = 1 / (30 * 4 * 10**3 + 10**4) = 1 / 130000 for eps_max = 1.
@@ -76,13 +71,15 @@ def test_schedule_rejects_bad_arguments() -> None:
         EpsSchedule(1.0, batches_per_epoch=0)
 
 
-def test_warmup_weight_and_kappa() -> None:
+def test_warmup_weight_and_along_ramp() -> None:
     assert warmup_weight(0.5, 0.0, 0.1) == 0.5
     assert warmup_weight(0.5, 0.025, 0.1) == pytest.approx(0.375)
     assert warmup_weight(0.5, 0.1, 0.1) == 0.0
-    assert kappa(0.0, 1.0, 0.025, 0.1) == pytest.approx(0.25)
-    assert kappa(1.0, 0.5, 0.1, 0.1) == pytest.approx(0.5)
-    assert kappa(0.2, 1.0, 0.0, 0.0) == 1.0  # eps_max = 0: the schedule is over
+    assert along_ramp(0.0, 1.0, 0.025, 0.1) == pytest.approx(0.25)
+    assert along_ramp(1.0, 0.5, 0.1, 0.1) == pytest.approx(0.5)
+    assert along_ramp(0.2, 1.0, 0.0, 0.0) == 1.0  # eps_max = 0: the schedule is over
+    # CROWN-IBP's default bound weight: (eps_max - eps) / eps_max (auto_LiRPA)
+    assert along_ramp(1.0, 0.0, 0.03, 0.1) == pytest.approx(0.7)
 
 
 def test_lr_milestones_as_fractions_and_epochs() -> None:

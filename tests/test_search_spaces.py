@@ -14,32 +14,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FrozenTrial
 
 from search_spaces import SearchSpace, SearchSpaceError, list_presets, load_space
-from trainables.config import TrainConfig, load_config
+from trainables.config import config_keys, load_config
 
 BASE_CONFIG = Path(__file__).resolve().parents[1] / "trainables" / "configs" / "digits.yaml"
-#: The distillation / SAAD keys being added to the training config (sweep issue); the presets
-#: must use exactly these while the groups do not exist yet.
-PLANNED_KEYS = {
-    "teacher": ["teacher.name"],
-    "distill": [
-        "distill.objective",
-        "distill.beta",
-        "distill.layer",
-        "distill.teacher_layer",
-        "distill.distance",
-        "distill.temperature",
-        "distill.inputs",
-    ],
-    "saad": [
-        "saad.enabled",
-        "saad.weighting",
-        "saad.gamma",
-        "saad.scale",
-        "saad.on_certified",
-        "saad.clean_weight",
-    ],
-}
-MISSING_GROUPS = [group for group in PLANNED_KEYS if group not in TrainConfig.model_fields]
 CONVEX = {"cc-ibp", "mtl-ibp", "exp-ibp"}
 ATTACKING = {*CONVEX, "sabr"}
 CERTIFIED_ALWAYS = {
@@ -79,7 +56,12 @@ def expected_certified(config: dict[str, Any]) -> set[str]:
     keys = set(CERTIFIED_ALWAYS)
     keys |= {"method.alpha"} if method in CONVEX else set()
     keys |= {"method.sabr_lambda"} if method == "sabr" else set()
-    keys |= {"method.kappa_start", "method.kappa_end"} if method == "crown-ibp" else set()
+    if method == "crown-ibp":
+        keys |= {
+            "method.crown_bound_weight_end",
+            "method.clean_loss_weight_start",
+            "method.clean_loss_weight_end",
+        }
     if method in ATTACKING:
         keys |= {"attack.steps", "attack.step_size", "method.attack_eps_factor"}
     return keys
@@ -121,8 +103,7 @@ def test_presets_load_and_full_is_the_ordered_union() -> None:
 
 @pytest.mark.parametrize("name", ["certified", "cc_dist", "saad", "full"])
 def test_presets_use_training_config_keys(name: str) -> None:
-    planned = [key for group in MISSING_GROUPS for key in PLANNED_KEYS[group]]
-    load_space(name).validate_against(TrainConfig().flat(), planned)
+    load_space(name).validate_against(config_keys())
 
 
 def test_validate_against_names_unknown_keys_and_accepts_group_wildcards(tmp_path: Path) -> None:
@@ -136,7 +117,7 @@ def test_validate_against_names_unknown_keys_and_accepts_group_wildcards(tmp_pat
     )
     space = load_space(path)
     with pytest.raises(SearchSpaceError) as info:
-        space.validate_against(TrainConfig().flat(), ["model.options.*"])
+        space.validate_against(config_keys(), ["model.options.*"])
     message = str(info.value)
     assert "optim.lrr: not a training-config key (did you mean optim.lr?)" in message
     assert "model.options.width" not in message
@@ -145,19 +126,12 @@ def test_validate_against_names_unknown_keys_and_accepts_group_wildcards(tmp_pat
 @pytest.mark.parametrize("name", ["certified", "cc_dist", "saad", "full"])
 def test_sampled_preset_configs_validate_with_the_training_config(name: str) -> None:
     space = load_space(name)
-    missing = sorted({key.split(".")[0] for key in space.parameters}.intersection(MISSING_GROUPS))
     # Alone, the saad preset expects the sweep to fix a teacher (SAAD weights distillation).
-    needs_teacher = "teacher.name" not in space.parameters and "teacher" not in MISSING_GROUPS
+    needs_teacher = "teacher.name" not in space.parameters
     # The presets' eps ramps are sized for CIFAR-10's 160 epochs (certified.yaml).
     fixed = {"epochs": 160, **({"teacher.name": "teacher"} if needs_teacher else {})}
     for config, _ in sample(space, 40):
-        present = {k: v for k, v in config.items() if k.split(".")[0] not in missing}
-        load_config(BASE_CONFIG, overrides={**fixed, **present})  # raises ConfigError if bad
-    if missing:
-        pytest.skip(
-            f"validated the keys of existing groups only: trainables.config.TrainConfig has "
-            f"no {missing} group(s) yet"
-        )
+        load_config(BASE_CONFIG, overrides={**fixed, **config})  # raises ConfigError if bad
 
 
 # -- translation to Optuna -------------------------------------------------------------------
@@ -275,7 +249,8 @@ def test_overrides_replace_add_and_remove() -> None:
 
 
 def test_restricting_a_choice_warns_about_parameters_that_can_never_be_active() -> None:
-    with pytest.warns(UserWarning, match=r"never suggested: method\.alpha .*method\.kappa_end"):
+    never = r"never suggested: method\.alpha .*method\.clean_loss_weight_end"
+    with pytest.warns(UserWarning, match=never):
         space = load_space(
             "certified", {"method.name": {"type": "categorical", "choices": ["sabr"]}}
         )

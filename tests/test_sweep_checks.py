@@ -46,8 +46,9 @@ def test_search_ranges_are_checked_against_the_fields_limits(tmp_path) -> None:
             tmp_path, overrides={"method.alpha": alpha, "optim.lr": lr, "attack.restarts": restarts}
         )
     )
-    assert "space.overrides: method.alpha: high 1.2: Input should be less than or equal to 1" in (
-        message
+    assert (
+        "space.overrides: method.alpha: high 1.2 (method.name=cc-ibp): Input should be less than"
+        " or equal to 1" in message
     )
     assert "space.overrides: optim.lr: low 0.0: Input should be greater than 0" in message
     assert "space.overrides: attack.restarts: high 199: Input should be less than or equal to" in (

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from training_helpers import digits_config
 
-from trainables.config import ADVERSARIAL_METHODS, CERTIFIED_METHODS, load_config
+from trainables.config import load_config
+from trainables.methods import method_names
 from trainables.training.callbacks import RunInfo, TrainingCallback
 from trainables.training.loop import RunResult, train
 
@@ -27,7 +28,7 @@ def standard() -> RunResult:
     return train(load_config(digits_config({"method.name": "standard"})))
 
 
-@pytest.mark.parametrize("method", CERTIFIED_METHODS)
+@pytest.mark.parametrize("method", method_names("certified"))
 def test_certified_methods_certify_clearly_more_than_standard(method, standard) -> None:
     result = train(load_config(digits_config({"method.name": method})))
     assert result.status == "completed"
@@ -36,7 +37,7 @@ def test_certified_methods_certify_clearly_more_than_standard(method, standard) 
     assert result.final["test_clean_acc"] >= 0.6, result.final
 
 
-@pytest.mark.parametrize("method", ADVERSARIAL_METHODS)
+@pytest.mark.parametrize("method", method_names("adversarial"))
 def test_adversarial_methods_resist_pgd_clearly_better_than_standard(method, standard) -> None:
     result = train(load_config(digits_config({"method.name": method})))
     assert result.final["test_pgd_acc"] >= standard.final["test_pgd_acc"] + 0.10, result.final

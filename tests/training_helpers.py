@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-#: cnn_small on digits at eps = 0.1: trains in seconds; measured test accuracies are in
-#: tests/test_training.py's thresholds.
+from trainables.teachers.registry import DIGITS_RECIPE
+
+#: The built-in teachers' digits recipe (cnn_small at eps = 0.1, trains in seconds) with cheap
+#: evaluation; measured test accuracies are in tests/test_training.py's thresholds.
 DIGITS_FAST: dict[str, Any] = {
-    "dataset.name": "digits",
-    "model.name": "cnn_small",
-    "eps": 0.1,
-    "epochs": 20,
-    "batch_size": 64,
-    "optim.lr": 5e-3,
-    "optim.milestones": [0.6, 0.8],
-    "eps_schedule.start": 2,
-    "eps_schedule.length": 8,
+    **DIGITS_RECIPE,
     "eval.every": 100,
     "eval.verifier": "ibp",
     "eval.pgd_steps": 10,

@@ -31,24 +31,16 @@ from pydantic import (
 
 from trainables.config_fields import did_you_mean
 from trainables.config_io import describe_errors, read_yaml_mapping
-
-CERTIFIED_METHODS = ("ibp", "crown-ibp", "cc-ibp", "mtl-ibp", "exp-ibp", "sabr")
-ADVERSARIAL_METHODS = ("pgd-at", "trades")
-#: Gaussian data augmentation for randomized smoothing (Cohen et al. 2019).
-SMOOTHING_METHODS = ("gaussian",)
-#: Margin losses for Lipschitz networks (deel-torchlip's hinge and HKR).
-LIPSCHITZ_METHODS = ("hinge", "hkr")
-METHODS = (
-    "standard",
-    *CERTIFIED_METHODS,
-    *ADVERSARIAL_METHODS,
-    *SMOOTHING_METHODS,
-    *LIPSCHITZ_METHODS,
+from trainables.methods import (
+    DEFAULT_METHOD,
+    METHODS,
+    MethodSettings,
+    method_settings,
+    read_method_group,
 )
-#: Methods whose training loss uses eps (the eps ramp applies to them).
-EPS_METHODS = (*CERTIFIED_METHODS, *ADVERSARIAL_METHODS)
-#: Methods whose loss uses a PGD attack during training.
-ATTACKING_METHODS = ("cc-ibp", "mtl-ibp", "exp-ibp", "sabr", *ADVERSARIAL_METHODS)
+
+#: Method families whose training loss uses eps (the eps ramp applies to them).
+EPS_FAMILIES = ("certified", "adversarial")
 
 
 class ConfigError(ValueError):
@@ -145,34 +137,13 @@ class OptimConfig(_Group):
         return value
 
 
-class MethodConfig(_Group):
-    name: Literal[METHODS] = "cc-ibp"  # type: ignore[valid-type]
-    alpha: float = Field(
-        0.5, ge=0, le=1, description="cc/mtl/exp-ibp, distill features: weight of the bound"
-    )
-    sabr_lambda: float = Field(0.4, gt=0, le=1, description="sabr: box radius / eps")
-    kappa_start: float = Field(0.0, ge=0, le=1, description="crown-ibp: IBP weight at eps=0")
-    kappa_end: float = Field(1.0, ge=0, le=1, description="crown-ibp: IBP weight at eps_max")
-    trades_beta: float = Field(6.0, ge=0, le=100)
-    train_eps_factor: float = Field(1.0, gt=0, le=10, description="bound box = eps x this")
-    attack_eps_factor: float = Field(1.0, gt=0, le=10, description="attack box = eps x this")
-    l1: float = Field(0.0, ge=0, le=1, description="L1 penalty on conv/linear weights")
-    sigma: float = Field(0.25, gt=0, le=10, description="gaussian: noise std (L2, pixels)")
-    min_margin: float = Field(
-        1.0, gt=0, le=100, description="hinge/hkr: logit margin the hinge term asks for"
-    )
-    hkr_alpha: float = Field(
-        0.98, ge=0, le=1, description="hkr: hinge weight; 1 - hkr_alpha weighs the KR term"
-    )
-
-
 class AttackConfig(_Group):
     """The PGD attack inside training (the evaluation attack is ``eval.pgd_*``)."""
 
     steps: int = Field(8, ge=1, le=1000)
     restarts: int = Field(1, ge=1, le=100)
     step_size: float | None = Field(
-        None, gt=0, le=2, description="relative to the box half-width; null: 2.5 / steps"
+        None, gt=0, le=100, description="relative to the box half-width; null: 2.5 / steps"
     )
     loss: Literal["ce", "margin"] = "ce"
 
@@ -241,6 +212,12 @@ class DistillConfig(_Group):
 
     objective: Literal["feature", "logit"] = "feature"
     beta: float = Field(1.0, ge=0, le=1e4, description="weight of the distillation term")
+    alpha: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="feature term's bound weight; null: method.alpha (0.5 for methods without)",
+    )
     layer: str = Field("penultimate", min_length=1, description="student feature (by name)")
     teacher_layer: str = Field("penultimate", min_length=1, description="teacher feature")
     distance: Literal["l2", "cosine"] = Field("l2", description="feature objective only")
@@ -264,6 +241,21 @@ class SaadConfig(_Group):
     clean_weight: float = Field(
         0.0, ge=0, le=1e4, description="inverse-weighted clean KL term's weight"
     )
+    attack: Literal["step", "teacher_kl"] = Field(
+        "step",
+        description="x_adv of the distillation terms: the step's PGD, or SAAD's own attack"
+        " (KL to the teacher's linearised clean logits)",
+    )
+    attack_steps: int = Field(10, ge=1, le=1000, description="teacher_kl attack: sign steps")
+    attack_step_size: float = Field(
+        0.25, gt=0, le=100, description="teacher_kl attack: step / box half-width (2/255 at 8/255)"
+    )
+    linearisation: float = Field(
+        1.0, ge=0, le=100, description="teacher_kl attack: weight of the true-class correction"
+    )
+    igdm_weight: float = Field(
+        0.0, ge=0, le=1e4, description="IGDM gradient-matching term, times epoch / epochs"
+    )
 
 
 class TrainConfig(_Group):
@@ -277,13 +269,14 @@ class TrainConfig(_Group):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     init: Literal["default", "shi"] = "shi"
-    bn_stats: Literal["clean", "own"] = Field(
+    bn_stats: Literal["clean", "own", "adversarial"] = Field(
         "clean",
         description="clean: every training pass normalises with the clean batch's statistics;"
-        " own: each forward pass with its own batch's",
+        " own: each forward pass with its own batch's; adversarial: the bounds with the"
+        " adversarial pass's (expressive-losses)",
     )
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
+    method: MethodSettings = Field(default_factory=METHODS[DEFAULT_METHOD])
     attack: AttackConfig = Field(default_factory=AttackConfig)
     eps_schedule: EpsScheduleConfig = Field(default_factory=EpsScheduleConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
@@ -292,6 +285,11 @@ class TrainConfig(_Group):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     saad: SaadConfig = Field(default_factory=SaadConfig)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _read_method_group(cls, value: Any) -> Any:
+        return read_method_group(value)
 
     @field_validator("device")
     @classmethod
@@ -327,7 +325,7 @@ class TrainConfig(_Group):
 
     @model_validator(mode="after")
     def _distillation_fits(self) -> TrainConfig:
-        if self.teacher.name != "none" and self.method.name not in CERTIFIED_METHODS:
+        if self.teacher.name != "none" and self.method.family != "certified":
             raise ValueError(
                 f"teacher.name={self.teacher.name!r}: distillation needs a certified method,"
                 f" not method.name={self.method.name!r}"
@@ -349,10 +347,19 @@ class TrainConfig(_Group):
         return flatten(self.model_dump())
 
 
+def config_keys() -> set[str]:
+    """Every flat key a training config can hold, with every method's settings
+    (``method.<setting>``); what a search space may name (``model.options`` is free-form)."""
+    keys = set(TrainConfig().flat())
+    keys |= {f"method.{key}" for keys_ in method_settings().values() for key in keys_}
+    return keys
+
+
 def ramp_applies(kind: str, method: str, eps: float) -> bool:
     """Whether the eps ramp must end within the run: a ramping schedule of a method that
-    trains at eps (``EPS_METHODS``), for a positive eps."""
-    return kind != "constant" and method in EPS_METHODS and eps > 0
+    trains at eps (a family in ``EPS_FAMILIES``), for a positive eps."""
+    trains_at_eps = method in METHODS and METHODS[method].family in EPS_FAMILIES
+    return kind != "constant" and trains_at_eps and eps > 0
 
 
 def _frozen(options: Mapping[str, Any]) -> str:

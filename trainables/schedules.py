@@ -1,7 +1,9 @@
-"""Schedules stepped during training: eps (per batch), loss mixing, and the learning rate.
+"""Schedules stepped per batch along the eps ramp: eps itself and the weights that follow it.
 
-The smoothed eps schedule is Shi et al. (2021)'s; see shared notes ``methods.md``. Steps
-count batches from 0 over the whole run, so a resumed run only needs the step index.
+The smoothed eps schedule is Shi et al. (2021)'s (``EpsSchedule``); the warm-up weight and
+CROWN-IBP's mixing weights follow ``eps_t / eps_max``. Steps count batches from 0 over the
+whole run, so a resumed run only needs the step index. (The learning-rate schedule is built
+with the optimiser: ``trainables.training.optim``.)
 """
 
 from __future__ import annotations
@@ -9,11 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Literal
-
-import torch
-from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, MultiStepLR
-
-from trainables.config import OptimConfig
 
 
 @dataclass(frozen=True)
@@ -79,32 +76,11 @@ def warmup_weight(lambda0: float, eps: float, eps_max: float) -> float:
     return lambda0 * (1.0 - ramp_fraction(eps, eps_max))
 
 
-def kappa(start: float, end: float, eps: float, eps_max: float) -> float:
-    """CROWN-IBP's IBP weight, interpolated linearly with the eps ramp (Zhang et al. 2020)."""
+def along_ramp(start: float, end: float, eps: float, eps_max: float) -> float:
+    """``start`` at eps 0, ``end`` at ``eps_max``, linear in ``eps / eps_max`` between.
+
+    CROWN-IBP's mixing weights (Zhang et al. 2020; auto_LiRPA's
+    ``examples/vision/cifar_training.py``: ``factor = (eps_max - eps) / eps_max`` for start 1,
+    end 0) follow the eps ramp this way.
+    """
     return start + (end - start) * ramp_fraction(eps, eps_max)
-
-
-def build_optimizer(params, config: OptimConfig) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD (with momentum) as configured."""
-    if config.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    optimizer = torch.optim.AdamW if config.name == "adamw" else torch.optim.Adam
-    return optimizer(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def build_lr_scheduler(
-    optimizer: torch.optim.Optimizer, config: OptimConfig, epochs: int
-) -> LRScheduler:
-    """A per-epoch learning-rate schedule; fractional milestones are fractions of ``epochs``."""
-    if config.schedule == "cosine":
-        return CosineAnnealingLR(optimizer, T_max=epochs)
-    if config.schedule == "milestones":
-        milestones = sorted({_milestone_epoch(m, epochs) for m in config.milestones})
-        return MultiStepLR(optimizer, milestones=milestones, gamma=config.decay)
-    return LambdaLR(optimizer, lambda _: 1.0)
-
-
-def _milestone_epoch(milestone: float, epochs: int) -> int:
-    return round(milestone * epochs) if milestone < 1 else round(milestone)

@@ -26,10 +26,10 @@ from torch import nn
 
 from trainables.config import load_config
 from trainables.models import build_model
-from trainables.schedules import build_optimizer
 from trainables.teachers import Teacher
-from trainables.training.distillation import Distiller
-from trainables.training.methods import MethodStep
+from trainables.training.distiller import Distiller
+from trainables.training.optim import build_optimizer
+from trainables.training.step import TrainingStep
 
 EPS = 2 / 255
 FEATURE = {"distill.objective": "feature"}
@@ -90,10 +90,12 @@ def main() -> None:
         params = list(student.parameters())
         if distiller.projection is not None:
             params += list(distiller.projection.parameters())
-        step = MethodStep(student, student, config, 10, torch.Generator().manual_seed(0), distiller)
+        step = TrainingStep(
+            student, student, config, 10, torch.Generator().manual_seed(0), distiller
+        )
         steps[label] = (step, build_optimizer(params, config.optim), params)
 
-    def train_step(step: MethodStep, optimizer: torch.optim.Optimizer, params: list) -> None:
+    def train_step(step: TrainingStep, optimizer: torch.optim.Optimizer, params: list) -> None:
         out = step(x, y, EPS)
         optimizer.zero_grad(set_to_none=True)
         out.total.backward()

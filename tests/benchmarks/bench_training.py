@@ -21,17 +21,17 @@ from torch import nn
 
 from trainables.config import load_config
 from trainables.models import build_model
-from trainables.schedules import build_optimizer
-from trainables.training.methods import MethodStep
+from trainables.training.optim import build_optimizer
+from trainables.training.step import TrainingStep
 
 EPS = 2 / 255
 METHODS = {
     "plain (standard)": {"method.name": "standard"},
     "IBP": {"method.name": "ibp"},
-    "CROWN-IBP (kappa 0.5)": {
+    "CROWN-IBP (bound weight 0.5)": {
         "method.name": "crown-ibp",
-        "method.kappa_start": 0.5,
-        "method.kappa_end": 0.5,
+        "method.crown_bound_weight_start": 0.5,
+        "method.crown_bound_weight_end": 0.5,
     },
     "CC-IBP (PGD-8)": {"method.name": "cc-ibp", "method.alpha": 0.01},
     "MTL-IBP (PGD-8)": {"method.name": "mtl-ibp", "method.alpha": 0.004},
@@ -70,10 +70,10 @@ def main() -> None:
             }
         )
         optimizer = build_optimizer(model.parameters(), config.optim)
-        step = MethodStep(model, model, config, 10, torch.Generator().manual_seed(0))
+        step = TrainingStep(model, model, config, 10, torch.Generator().manual_seed(0))
         steps[label] = (step, optimizer)
 
-    def train_step(step: MethodStep, optimizer: torch.optim.Optimizer) -> None:
+    def train_step(step: TrainingStep, optimizer: torch.optim.Optimizer) -> None:
         out = step(x, y, EPS)
         optimizer.zero_grad(set_to_none=True)
         out.total.backward()

@@ -18,14 +18,15 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from training_helpers import digits_config
 
-from trainables.config import METHODS, load_config
+from trainables.config import load_config
+from trainables.methods import method_names
 from trainables.training.loop import train
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(method_names()))
     args = parser.parse_args()
     print("| method | seed | clean | PGD-10 | certified (CROWN-IBP) | seconds |")
     print("|---|---|---|---|---|---|")

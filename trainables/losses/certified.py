@@ -44,13 +44,18 @@ def exp_ibp_loss(ibp_loss: Tensor, adv_loss: Tensor, alpha: float) -> Tensor:
 def sabr_box(
     x: Tensor, x_adv: Tensor, eps: float, lam: float, lower: float = 0.0, upper: float = 1.0
 ) -> tuple[Tensor, Tensor]:
-    """SABR's small box (Mueller et al. 2023): radius ``lam eps``, centred on ``x_adv``.
+    """SABR's small box (Mueller et al. 2023): radius ``tau = lam eps`` around ``x_adv``.
 
-    The centre is moved so that the small box lies inside ``B(x, eps)``; the result is then
-    clipped to the data range.
+    As in SABR's ``adv_attack.py`` and expressive-losses' ``compute_sabr_perturbation``
+    (``utils.py``), the centre is clamped into the CLIPPED box shrunk by tau,
+    ``[max(x - eps, 0) + tau, min(x + eps, 1) - tau]``, so that a box at a pixel on 0 or 1
+    keeps its full width ``2 tau``; the small box is then clipped to the data range. (For
+    ``lam > 0.5`` a clipped box can be narrower than ``2 tau``; the centre then sits at its
+    upper end, as with the reference's ``torch.clamp``.)
     """
     radius = lam * eps
-    centre = torch.min(torch.max(x_adv, x - eps + radius), x + eps - radius)
+    big_lower, big_upper = (x - eps).clamp(lower, upper), (x + eps).clamp(lower, upper)
+    centre = torch.clamp(x_adv, big_lower + radius, big_upper - radius)
     return (centre - radius).clamp(lower, upper), (centre + radius).clamp(lower, upper)
 
 

@@ -1,10 +1,19 @@
 """Distillation terms from a (non-certified) teacher, per sample, for a certified student.
 
-Feature space (CC-Dist, De Palma 2026): the student side is the convex combination, with
-CC-IBP's alpha, of its adversarial features and the IBP bound of its features that lies
-farther from the teacher's clean feature in each coordinate; alpha = 1 distils the worst
-case over the box, alpha = 0 the adversarial point. Logit space (ARD / RSLAD / AD-CERT
-style): temperature-scaled KL between teacher and student distributions.
+Feature space (CC-Dist, De Palma 2026, arXiv 2602.02626; the public CTBench-derived
+``CCDistModelWrapper``): per coordinate ``k`` the student's adversarial feature ``a_k`` and
+its IBP feature bounds ``[l_k, u_k]`` are mixed FIRST, with CC-IBP's alpha, into two
+endpoints ``(1 - alpha) a_k + alpha l_k`` and ``(1 - alpha) a_k + alpha u_k``; the term then
+takes the endpoint farther from the teacher's clean feature ``t_k``:
+``mean_k max(((1-alpha) a_k + alpha l_k - t_k)^2, ((1-alpha) a_k + alpha u_k - t_k)^2)``
+(that wrapper adds ``5 / feat_dim`` times the sum over ``k``: ``distill.beta = 5`` here).
+alpha = 0 distils the adversarial point, alpha = 1 the worst case over the box. The gradient
+never widens the bounds (the farther endpoint is the lower one only when it lies below
+``t``); when ``a`` lies inside ``[l, u]`` (the attack box inside the bound box) the term is
+non-decreasing in alpha (a maximum of convex functions of alpha that agree at 0, one
+non-decreasing there). (Picking the bound farther from ``t``
+before mixing is not monotone in alpha and can loosen a bound.) Logit space (ARD / RSLAD /
+AD-CERT style): temperature-scaled KL between teacher and student distributions.
 
 Every function returns one value per sample so that SAAD weights can multiply them before
 the batch mean.
@@ -21,8 +30,9 @@ from torch import Tensor, nn
 Distance = Literal["l2", "cosine"]
 
 
-def worst_case_features(lower: Tensor, upper: Tensor, target: Tensor) -> Tensor:
-    """Per coordinate, the bound farther from ``target`` (ties take ``upper``)."""
+def farther_endpoint(lower: Tensor, upper: Tensor, target: Tensor) -> Tensor:
+    """Per coordinate, the endpoint of ``[lower, upper]`` farther from ``target`` (ties:
+    ``upper``)."""
     return torch.where((lower - target).abs() > (upper - target).abs(), lower, upper)
 
 
@@ -50,27 +60,30 @@ def cc_feature_term(
     distance: Distance = "l2",
     projection: nn.Linear | None = None,
 ) -> Tensor:
-    """CC-Dist's per-sample feature term (see the module docstring).
+    """CC-Dist's per-sample feature term: mix, then the farther endpoint (module docstring).
 
-    ``adv_features`` may be None when ``alpha == 1`` and ``bounds`` when ``alpha == 0``.
-    A ``projection`` maps student features (and, soundly, their bounds) to the teacher's
-    dimension.
+    With ``l2`` this is ``mean_k max((m_lo,k - t_k)^2, (m_hi,k - t_k)^2)``; ``cosine`` compares
+    the same per-coordinate farther endpoint with ``t``. ``adv_features`` may be None when
+    ``alpha == 1`` and ``bounds`` when ``alpha == 0``. A ``projection`` maps the student's
+    features, and soundly their interval (``linear_interval``), to the teacher's dimension.
     """
     target = teacher_features.flatten(1)
-    parts = []
+    adv = None
     if alpha < 1:
         if adv_features is None:
             raise ValueError(f"alpha={alpha} < 1 needs the student's adversarial features")
         adv = adv_features.flatten(1)
-        parts.append((1 - alpha) * (adv if projection is None else projection(adv)))
-    if alpha > 0:
-        if bounds is None:
-            raise ValueError(f"alpha={alpha} > 0 needs the student's IBP feature bounds")
-        lower, upper = (b.flatten(1) for b in bounds)
-        if projection is not None:
-            lower, upper = linear_interval(projection, lower, upper)
-        parts.append(alpha * worst_case_features(lower, upper, target))
-    return feature_distance(sum(parts), target, distance)
+        adv = adv if projection is None else projection(adv)
+    if alpha == 0:
+        return feature_distance(adv, target, distance)
+    if bounds is None:
+        raise ValueError(f"alpha={alpha} > 0 needs the student's IBP feature bounds")
+    lower, upper = (b.flatten(1) for b in bounds)
+    if projection is not None:
+        lower, upper = linear_interval(projection, lower, upper)
+    if adv is not None:
+        lower, upper = (1 - alpha) * adv + alpha * lower, (1 - alpha) * adv + alpha * upper
+    return feature_distance(farther_endpoint(lower, upper, target), target, distance)
 
 
 def kl_with_temperature(
@@ -96,3 +109,15 @@ def worst_case_logits(margin_lower: Tensor, labels: Tensor, num_classes: int) ->
     keep = others != labels.unsqueeze(1)
     logits = margin_lower.new_zeros(batch, num_classes)
     return logits.masked_scatter(keep, -margin_lower)
+
+
+def igdm_term(
+    teacher_plus: Tensor, teacher_minus: Tensor, student_plus: Tensor, student_minus: Tensor
+) -> Tensor:
+    """IGDM's gradient-matching term per sample (HongsinLee/saad ``igdm.py`` and ``saad.py``).
+
+    With ``delta = x_adv - x``, ``*_plus`` are the logits at ``x + delta`` and ``*_minus`` at
+    ``x - delta``: ``KL(softmax(T+ - T-) || softmax(S+ - S-))``, matching the student's
+    finite-difference response along ``delta`` to the teacher's (temperature 1, as there).
+    """
+    return kl_with_temperature(teacher_plus - teacher_minus, student_plus - student_minus, 1.0)

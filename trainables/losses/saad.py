@@ -11,7 +11,11 @@ transfers to the teacher. Three scores, selectable:
 
 ``wbar`` is the min-max normalised copy of ``w`` within the batch (0 when all are equal),
 used by the inverse-weighted clean term ``(1 - wbar) KL(T(x) || S(x))``. The weights come
-from teacher outputs only and carry no gradient.
+from teacher outputs only and carry no gradient. ``mean_one`` rescales them to mean 1 for
+the certified loss, so that they reweight samples without rescaling that loss per batch.
+
+``teacher_kl_attack`` is the public code's inner attack (``saad_inner_loss`` in
+HongsinLee/saad ``attacks.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainables.models.modes import eval_mode
 
 Weighting = Literal["entropy", "transfer", "margin"]
 
@@ -81,3 +88,67 @@ def saad_weights(
         )
         weights = scale * drop.clamp(min=0)
     return weights, minmax_normalise(weights)
+
+
+def mean_one(weights: Tensor) -> Tensor:
+    """``w / mean(w)``: mean 1 over the batch; all ones when every weight is 0."""
+    mean = weights.mean()
+    return torch.ones_like(weights) if mean <= 0 else weights / mean
+
+
+def linearised_logits(
+    clean: Tensor, slope: Tensor, delta: Tensor, y: Tensor, weight: float = 1.0
+) -> Tensor:
+    """``clean`` with the true-class logit moved by ``weight x slope . delta`` per sample.
+
+    With ``slope = grad_x T_y(x)`` this is the first-order Taylor model of the teacher's
+    true-class logit at ``x + delta`` (the other logits stay at their clean values).
+    """
+    correction = (slope * delta).flatten(1).sum(dim=1)
+    rows = torch.arange(len(y), device=y.device)
+    return clean.index_put((rows, y), weight * correction, accumulate=True)
+
+
+def teacher_kl_attack(
+    student: nn.Module,
+    teacher: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    *,
+    steps: int = 10,
+    step_size: float = 0.25,
+    linearisation: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """SAAD's inner attack (HongsinLee/saad ``attacks.py``, ``saad_inner_loss``).
+
+    Starts at ``x + 0.001 N(0, 1)`` and takes ``steps`` sign-gradient ascent steps of
+    ``step_size x eps`` (the reference: 10 steps of 2/255 at eps 8/255), projected onto
+    ``B(x, eps)`` clipped to [0, 1], on ``KL(softmax(z_T) || softmax(S(x')))`` summed over the
+    batch, where ``z_T`` is the teacher's clean logits with the true-class logit linearised:
+    ``z_T,y += linearisation x grad_x T_y(x) . (x' - x)`` (the gradient flows through that
+    correction too, as in the reference). The student runs in eval mode (the project's
+    attack convention), the teacher as it is (frozen, eval mode).
+    """
+    x = x.detach()
+    lower, upper = (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
+    with torch.enable_grad():
+        probe = x.clone().requires_grad_(True)
+        clean = teacher(probe)
+        (slope,) = torch.autograd.grad(clean.gather(1, y[:, None]).sum(), probe)
+    clean = clean.detach()
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    x_adv = x + 0.001 * noise
+    with torch.enable_grad(), eval_mode(student):
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            target = linearised_logits(clean, slope, x_adv - x, y, linearisation)
+            kl = F.kl_div(
+                F.log_softmax(student(x_adv), dim=1), F.softmax(target, dim=1), reduction="sum"
+            )
+            (grad,) = torch.autograd.grad(kl, x_adv)
+            x_adv = torch.min(
+                torch.max(x_adv.detach() + step_size * eps * grad.sign(), lower), upper
+            )
+    return x_adv.detach()

@@ -17,9 +17,13 @@ teacher. Entries come from three places, first match wins:
 
 * the built-in recipes ``pgd-at-digits``, ``trades-digits`` and ``pgd-at-digits-fast``
   (``BUILTIN_RECIPES``);
-* the generic form ``<method>`` or ``<method>:<model>`` (method ``pgd-at`` or ``trades``): a
-  recipe with the student's dataset, eps, epochs, batch size, optimiser, eps schedule and
-  attack, and the student's model (or ``<model>`` with its default options), seed 0.
+* the generic form ``<method>`` or ``<method>:<model>`` (method ``pgd-at`` or ``trades``): the
+  usual adversarial-training recipe (``ADVERSARIAL_RECIPES``: SGD with momentum 0.9 and
+  weight decay 2e-4, LR 0.1 with step decays, fixed eps, 10-step PGD; Madry et al.'s
+  ``cifar10_challenge`` ``config.json`` and TRADES' ``train_trades_cifar10.py``) with the
+  student's dataset, eps, epochs and batch size, and the student's model (or ``<model>``
+  with its default options), seed 0. It does not inherit the student's certified-training
+  optimiser and eps ramp.
 
 Recipes start from the training config's defaults except ``TEACHER_DEFAULTS``: evaluation
 certifies nothing (residual teachers have no bounds) and the default initialisation.
@@ -38,7 +42,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from trainables.config import (
-    ADVERSARIAL_METHODS,
     ConfigError,
     TrainConfig,
     flatten,
@@ -47,6 +50,7 @@ from trainables.config import (
 )
 from trainables.config_fields import did_you_mean
 from trainables.config_io import describe_errors, read_yaml_mapping
+from trainables.methods import method_names
 
 #: File name of a trained recipe teacher inside its cache folder.
 TEACHER_FILE = "teacher.pt"
@@ -58,7 +62,9 @@ TEACHER_DEFAULTS: dict[str, Any] = {
     "eval.final_verifier": None,
 }
 
-_DIGITS_RECIPE: dict[str, Any] = {
+#: The digits recipe (cnn_small, eps 0.1, 20 epochs) of the built-in teachers; the tests'
+#: certified students train with it too.
+DIGITS_RECIPE: dict[str, Any] = {
     "dataset.name": "digits",
     "model.name": "cnn_small",
     "eps": 0.1,
@@ -72,7 +78,7 @@ _DIGITS_RECIPE: dict[str, Any] = {
 
 #: A cheaper digits teacher for the demo sweep's time budget: fewer epochs and attack steps.
 _FAST_DIGITS_RECIPE: dict[str, Any] = {
-    **_DIGITS_RECIPE,
+    **DIGITS_RECIPE,
     "epochs": 8,
     "eps_schedule.start": 1,
     "eps_schedule.length": 3,
@@ -80,13 +86,41 @@ _FAST_DIGITS_RECIPE: dict[str, Any] = {
 }
 
 BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
-    "pgd-at-digits": {**_DIGITS_RECIPE, "method.name": "pgd-at"},
-    "trades-digits": {**_DIGITS_RECIPE, "method.name": "trades"},
+    "pgd-at-digits": {**DIGITS_RECIPE, "method.name": "pgd-at"},
+    "trades-digits": {**DIGITS_RECIPE, "method.name": "trades"},
     "pgd-at-digits-fast": {**_FAST_DIGITS_RECIPE, "method.name": "pgd-at"},
 }
 
+#: The usual adversarial-training recipes of the generic teachers (fixed eps, no ramp).
+#: PGD-AT: MadryLab/cifar10_challenge ``config.json`` (SGD momentum 0.9, weight decay 2e-4,
+#: LR 0.1 x0.1 at 40k and 60k of 80k steps, 10 PGD steps of 2/255 at 8/255). TRADES:
+#: yaodongyu/TRADES ``train_trades_cifar10.py`` (the same optimiser, LR x0.1 at epoch 75 of 80,
+#: 10 steps of 0.007 at 0.031; beta 6 as in its README, the ``method.trades_beta`` default).
+_SGD = {"optim.name": "sgd", "optim.lr": 0.1, "optim.momentum": 0.9, "optim.weight_decay": 2e-4}
+ADVERSARIAL_RECIPES: dict[str, dict[str, Any]] = {
+    "pgd-at": {
+        **_SGD,
+        "optim.milestones": [0.5, 0.75],
+        "optim.decay": 0.1,
+        "optim.grad_clip": None,
+        "eps_schedule.kind": "constant",
+        "attack.steps": 10,
+        "attack.step_size": 0.25,
+    },
+    "trades": {
+        **_SGD,
+        "optim.milestones": [75 / 80],
+        "optim.decay": 0.1,
+        "optim.grad_clip": None,
+        "eps_schedule.kind": "constant",
+        "attack.steps": 10,
+        "attack.step_size": 0.007 / 0.031,
+    },
+}
+
 #: Student keys a generic recipe (``pgd-at``, ``trades:cnn7``) takes over.
-INHERITED_KEYS = ("dataset", "eps", "test_eps", "epochs", "batch_size", "optim", "eps_schedule")
+INHERITED_KEYS = ("dataset", "eps", "test_eps", "epochs", "batch_size")
+ADVERSARIAL_METHODS = method_names("adversarial")
 _GENERIC = re.compile(rf"(?P<method>{'|'.join(ADVERSARIAL_METHODS)})(?::(?P<model>\w+))?")
 
 #: Config keys that do not change the trained teacher (left out of the recipe hash); the
@@ -197,8 +231,7 @@ def _generic_recipe(config: TrainConfig, method: str, model: str | None) -> dict
     student = config.model_dump(mode="json")
     recipe = {key: student[key] for key in INHERITED_KEYS}
     recipe["model"] = student["model"] if model in (None, config.model.name) else {"name": model}
-    recipe["method"] = {"name": method}
-    return recipe
+    return {**recipe, **ADVERSARIAL_RECIPES[method], "method.name": method}
 
 
 def _recipe_config(name: str, recipe: dict[str, Any], source: str) -> TrainConfig:

@@ -1,1 +1,2 @@
-"""The certified training loop (Ray-free): methods, checkpoints, DDP, callbacks."""
+"""The certified training loop (Ray-free): the step, the distiller, optimiser, checkpoints,
+DDP, callbacks. The training methods themselves are ``trainables.methods``."""

@@ -30,7 +30,7 @@ from trainables.data import DatasetSplits, load_dataset
 from trainables.evaluation import evaluate
 from trainables.models import build_model
 from trainables.models.init import shi_ibp_init
-from trainables.schedules import EpsSchedule, build_lr_scheduler, build_optimizer
+from trainables.schedules import EpsSchedule
 from trainables.teachers import load_teacher
 from trainables.training.callbacks import RunInfo, TrainingCallback
 from trainables.training.checkpoint import (
@@ -42,9 +42,10 @@ from trainables.training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from trainables.training.distillation import Distiller
+from trainables.training.distiller import Distiller
 from trainables.training.distributed import Distributed
-from trainables.training.methods import MethodStep
+from trainables.training.optim import build_lr_scheduler, build_optimizer
+from trainables.training.step import TrainingStep
 
 Status = Literal["completed", "diverged"]
 
@@ -130,7 +131,7 @@ class _Run:
         if self.checkpoint is not None and config.checkpoint.resume and self.checkpoint.exists():
             self._resume(self.checkpoint)
         self.forward = self.dist.wrap(self.model, self.device)
-        self.method_step = MethodStep(
+        self.training_step = TrainingStep(
             self.model,
             self.forward,
             config,
@@ -186,10 +187,11 @@ class _Run:
         seen = correct = 0
         started = time.perf_counter()
         eps = 0.0
+        progress = (self.epoch + 1) / self.config.epochs  # IGDM's ramp: epoch / epochs
         for x, y in self.loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             eps = self.eps_schedule(self.step)
-            out = self.method_step(x, y, eps)
+            out = self.training_step(x, y, eps, progress)
             total = out.total
             if self.dist.any(not bool(torch.isfinite(total)), self.device):
                 return None

@@ -1,11 +1,20 @@
-"""The "clean" BatchNorm convention: every pass of a training step uses the clean statistics.
+"""BatchNorm statistics across the forward passes of one training step (``bn_stats``).
 
-A certified-training step runs several forward passes (clean, adversarial, bounds). With
-the ``clean`` convention (the config's ``bn_stats``) all of them normalise with the mean
-and biased variance of the clean batch, captured from the clean forward pass, and only that
-pass updates the running statistics. The bounds receive the captured statistics through
-``compute_bounds(bn_statistics=...)``, so they need no extra forward pass. Gradients flow
-through the captured statistics, as they do in a plain train-mode forward pass.
+A certified-training step runs several forward passes (clean, adversarial, bounds). The
+conventions, chosen by the config's ``bn_stats``:
+
+* ``clean`` (default): every pass normalises with the mean and biased variance of the clean
+  batch, captured from the clean forward pass (``capture_statistics``), and only that pass
+  updates the running statistics (``normalise_with``);
+* ``own``: each pass normalises with its own batch's statistics (a plain train-mode pass);
+  the bounds with those of the box centre;
+* ``adversarial`` (expressive-losses ``train.py``): each pass uses its own statistics and
+  the bounds use those of the student's adversarial pass when the step makes one (the clean
+  batch's otherwise).
+
+The bounds receive captured statistics through ``margin_bounds`` (``methods.context``), so
+they need no extra forward pass. Gradients flow through captured statistics, as they do in
+a plain train-mode forward pass.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ column            type       meaning
 ================  =========  ===============================================================
 schema_version    int32      ``SCHEMA_VERSION``
 checkpoint        string     the checkpoint path or URI as given
-method            string     ``dispatch.CERTIFY_METHODS``
+method            string     ``trainables.certify_checkpoint.METHODS``
 kind              string     "certified" or "empirical" (an attack: an upper bound)
 split, subset     string,    dataset split; first N samples (null: all)
                   int64
@@ -20,6 +20,8 @@ cert_acc          float64    certified accuracy (null for attacks)
 robust_acc        float64    empirical robust accuracy (null for certificates)
 aa_<attack>_acc   float64    AutoAttack: accuracy after apgd_ce, apgd_t, fab_t, square
 milp_undecided    float64    MILP: fraction without a verdict in the time limit
+certified_by      string     best: JSON ``{stage: fraction of n it certified}`` (sums to
+                             cert_acc); null for other methods
 lipschitz_const.  float64    Lipschitz: the certified upper bound of L (``lipschitz_constant``)
 sigma             float64    smoothing: the noise level
 seconds           float64    wall time of the method (all its radii together)
@@ -29,6 +31,7 @@ written_at        timestamp  UTC
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -38,10 +41,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainables.attacks.autoattack import STANDARD_ATTACKS
+from trainables.attacks.autoattack import AA_COLUMNS
 
 SCHEMA_VERSION = 1
-AA_COLUMNS = tuple(f"aa_{name.replace('-', '_')}_acc" for name in STANDARD_ATTACKS)
 
 ROW_SCHEMA = pa.schema(
     [
@@ -57,8 +59,9 @@ ROW_SCHEMA = pa.schema(
         pa.field("clean_acc", pa.float64(), nullable=False),
         pa.field("cert_acc", pa.float64()),
         pa.field("robust_acc", pa.float64()),
-        *(pa.field(name, pa.float64()) for name in AA_COLUMNS),
+        *(pa.field(name, pa.float64()) for name in AA_COLUMNS.values()),
         pa.field("milp_undecided", pa.float64()),
+        pa.field("certified_by", pa.string()),
         pa.field("lipschitz_constant", pa.float64()),
         pa.field("sigma", pa.float64()),
         pa.field("seconds", pa.float64(), nullable=False),
@@ -70,12 +73,14 @@ ROW_SCHEMA = pa.schema(
 def result_rows(
     result: dict[str, Any], checkpoint: str, split: str, subset: int | None
 ) -> list[dict[str, Any]]:
-    """Rows of ``ROW_SCHEMA`` from one ``dispatch.certify`` result (one per radius)."""
+    """Rows of ``ROW_SCHEMA`` from one ``certify_checkpoint.certify_or_attack`` result (one per
+    radius)."""
     certified = result["kind"] == "certified"
+    by_stage = result.get("certified_by")
     now = datetime.now(timezone.utc)
     optional = {
         name: result.get(name)
-        for name in (*AA_COLUMNS, "milp_undecided", "lipschitz_constant", "sigma")
+        for name in (*AA_COLUMNS.values(), "milp_undecided", "lipschitz_constant", "sigma")
     }
     return [
         {
@@ -92,6 +97,7 @@ def result_rows(
             "cert_acc": point["acc"] if certified else None,
             "robust_acc": None if certified else point["acc"],
             **optional,
+            "certified_by": json.dumps(by_stage) if by_stage else None,
             "seconds": result["seconds"],
             "written_at": now,
         }

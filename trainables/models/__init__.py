@@ -4,7 +4,13 @@
 from trainables.models.features import feature_names, feature_prefix, forward_features
 from trainables.models.layers import Normalize
 from trainables.models.resnets import PreActBlock
-from trainables.models.zoo import CERTIFIABLE_MODELS, LIPSCHITZ_MODELS, MODELS, build_model
+from trainables.models.zoo import (
+    CERTIFIABLE_MODELS,
+    LIPSCHITZ_MODELS,
+    MODELS,
+    build_model,
+    build_model_for,
+)
 
 __all__ = [
     "CERTIFIABLE_MODELS",
@@ -13,6 +19,7 @@ __all__ = [
     "Normalize",
     "PreActBlock",
     "build_model",
+    "build_model_for",
     "feature_names",
     "feature_prefix",
     "forward_features",

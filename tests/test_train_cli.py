@@ -30,7 +30,7 @@ def test_cli_trains_and_prints_the_final_table(tmp_path, capsys) -> None:
     printed = capsys.readouterr().out
     assert code == 0
     assert "status: completed after 3 epoch(s)" in printed
-    assert "test_cert_acc" in printed and "test_verifier   crown" in printed
+    assert "test_cert_acc" in printed and "test_verifier   best" in printed
     assert f"checkpoint: {out / 'checkpoint.pt'}" in printed
     assert (out / "checkpoint.pt").is_file()
 

@@ -55,8 +55,10 @@ class Identity(nn.Module):
 
 def test_registry_names_ranks_and_options() -> None:
     assert set(BEST_STAGES) <= set(VERIFIERS) and "best" in VERIFIERS
-    ranks = [VERIFIERS[name].strength for name in (*BEST_STAGES, "best", "milp")]
+    order = ("ibp", "crown-ibp", "best-until-crown-ibp", "crown", "best", "milp")
+    ranks = [VERIFIERS[name].strength for name in order]
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
+    assert VERIFIERS["lipschitz"].strength is None  # not ordered with the bounds
     assert [name for name, kind in VERIFIERS.items() if kind.complete] == ["milp"]
     assert all(kind.norm == "linf" for kind in VERIFIERS.values())
     assert VERIFIERS["milp"].options() == ("time_limit", "seed")
@@ -93,6 +95,8 @@ def test_best_runs_each_stage_on_the_undecided_samples_only() -> None:
 def test_best_default_stages_and_fractions() -> None:
     best = make_verifier("best")
     assert [stage.name for stage in best.stages] == list(BEST_STAGES)
+    cheap = make_verifier("best-until-crown-ibp")
+    assert [stage.name for stage in cheap.stages] == ["ibp", "crown-ibp"]
     assert best.counters() == ("cert_by_ibp", "cert_by_crown_ibp", "cert_by_crown")
     metrics = {"cert_acc": 0.5, "cert_by_ibp": 0.4, "cert_by_crown_ibp": 0.1, "cert_by_crown": 0}
     assert stage_fractions(metrics) == {"ibp": 0.4, "crown-ibp": 0.1, "crown": 0.0}

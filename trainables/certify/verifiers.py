@@ -104,7 +104,7 @@ class _BoundVerifier(Verifier):
 @dataclass(frozen=True)
 class Ibp(_BoundVerifier):
     name = "ibp"
-    strength = 1
+    strength = 10
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class CrownIbp(_BoundVerifier):
     """IBP intermediate bounds, linear relaxation at the output."""
 
     name = "crown-ibp"
-    strength = 2
+    strength = 20
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ class Crown(_BoundVerifier):
     """Linear relaxation at every layer (intermediate bounds intersected with IBP's)."""
 
     name = "crown"
-    strength = 3
+    strength = 30
 
 
 @dataclass(frozen=True)
@@ -163,16 +163,12 @@ class Milp(_CompleteVerifier):
     ReLU networks, ``time_limit`` seconds per sample, ``seed`` for the fast path's PGD."""
 
     name = "milp"
-    strength = 10
+    strength = 100
     time_limit: float = 10.0
     seed: int = 0
 
     def verdicts(self, model: nn.Module, x: Tensor, y: Tensor, eps: float) -> list[Verdict]:
         return verify_exact(model, x, y, eps, time_limit=self.time_limit, seed=self.seed)
-
-
-def _best_stages() -> tuple[Verifier, ...]:
-    return tuple(make_verifier(name) for name in BEST_STAGES)
 
 
 @dataclass(frozen=True)
@@ -181,11 +177,18 @@ class Best(Verifier):
     (correctly classified and not certified by an earlier stage); a sample is certified when
     any stage certifies it, so ``best`` certifies at least what each stage does. Reports the
     fraction each stage certified, ``cert_by_<stage>`` (they sum to ``cert_acc``), and per
-    sample ``Verdicts.certified_by``. CTRAIN's evaluation takes the same union."""
+    sample ``Verdicts.certified_by``. CTRAIN's evaluation takes the same union. ``stages``
+    (default: the class's ``stage_names`` from the registry) can be given as verifiers."""
 
     name = "best"
-    strength = 5  # above every stage
-    stages: tuple[Verifier, ...] = field(default_factory=_best_stages)
+    strength = 50  # above every stage
+    stage_names: ClassVar[tuple[str, ...]] = BEST_STAGES
+    stages: tuple[Verifier, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            stages = tuple(make_verifier(stage) for stage in self.stage_names)
+            object.__setattr__(self, "stages", stages)
 
     def counters(self) -> tuple[str, ...]:
         return tuple(stage_metric(stage.name) for stage in self.stages)
@@ -209,11 +212,22 @@ class Best(Verifier):
         return Verdicts(certified, counts=counts, certified_by=tuple(by))
 
 
+@dataclass(frozen=True)
+class BestUntilCrownIbp(Best):
+    """``best`` stopped after CROWN-IBP (IBP, then CROWN-IBP on the rest): for networks whose
+    full CROWN does not fit the budget, e.g. CNN7 during a CIFAR-10 sweep."""
+
+    name = "best-until-crown-ibp"
+    strength = 25  # at least CROWN-IBP; not ordered with CROWN
+    stage_names = BEST_STAGES[: BEST_STAGES.index("crown-ibp") + 1]
+
+
 _REGISTERED: tuple[type[Verifier], ...] = (
     Ibp,
     CrownIbp,
     Crown,
     Best,
+    BestUntilCrownIbp,
     Lipschitz,
     Milp,
 )

@@ -222,20 +222,7 @@ class BestUntilCrownIbp(Best):
     stage_names = BEST_STAGES[: BEST_STAGES.index("crown-ibp") + 1]
 
 
-@dataclass(frozen=True)
-class EpsZero(Verifier):
-    """Toy: certifies a correct sample only for eps == 0 (where correct means robust)."""
-
-    name = "eps-zero"
-    strength = 0
-
-    def _certify(self, model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Verdicts:
-        with torch.no_grad(), eval_mode(model):
-            return Verdicts((model(x).argmax(dim=1) == y) & (eps == 0))
-
-
 _REGISTERED: tuple[type[Verifier], ...] = (
-    EpsZero,
     Ibp,
     CrownIbp,
     Crown,

@@ -3,7 +3,9 @@ every certificate, and the config's validation of verifier names."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,3 +153,10 @@ def test_config_validates_verifier_names() -> None:
         load_config({"eval.final_verifier": "crwon"})
     with pytest.raises(ConfigError, match=r"eval.verifier: .*'milp' is a complete verifier"):
         load_config({"eval.verifier": "milp"})
+
+
+def test_the_readme_lists_every_registered_verifier_with_its_rank() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| `([a-z-]+)` \| (\d+|-) \|", readme, flags=re.MULTILINE)
+    listed = {name: None if rank == "-" else int(rank) for name, rank in rows}
+    assert listed == {name: kind.strength for name, kind in VERIFIERS.items()}

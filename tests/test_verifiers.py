@@ -4,6 +4,8 @@ every certificate, and the config's validation of verifier names."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,3 +162,10 @@ def test_the_readme_lists_every_registered_verifier_with_its_rank() -> None:
     rows = re.findall(r"^\| `([a-z-]+)` \| (\d+|-) \|", readme, flags=re.MULTILINE)
     listed = {name: None if rank == "-" else int(rank) for name, rank in rows}
     assert listed == {name: kind.strength for name, kind in VERIFIERS.items()}
+
+
+def test_reading_the_registry_does_not_import_torch() -> None:
+    """The config validates verifier names against it: ``sweeps validate`` stays light."""
+    check = "import sys, trainables.config; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr

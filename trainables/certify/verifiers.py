@@ -19,6 +19,10 @@ smoothed one, at L2 radii and with probability 1 - alpha: ``certify.smoothing``)
 checkpoint CLI offers both beside the registry's verifiers.
 
 Every ``certify`` call runs in full float32 (``precision.full_float32``: no TF32).
+
+torch and the verifiers' code are imported on a verifier's first use, so that reading the
+registry (the training config validates names against it, e.g. in ``sweeps validate``)
+stays as light as the config itself.
 """
 
 from __future__ import annotations
@@ -27,16 +31,12 @@ import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
-from torch import Tensor, nn
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
-from trainables.bounds import certify as bound_certify
-from trainables.certify.exact import Verdict, verify_exact
-from trainables.certify.lipschitz import certify_lipschitz, lipschitz_bound
-from trainables.certify.precision import full_float32
-from trainables.models.modes import eval_mode
+    from trainables.certify.exact import Verdict
 
 Norm = Literal["linf", "l2"]
 
@@ -73,6 +73,8 @@ class Verifier(ABC):
 
     def certify(self, model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Verdicts:
         """Per-sample verdicts; runs without TF32, restores the model's mode and the flags."""
+        from trainables.certify.precision import full_float32
+
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
         with full_float32():
@@ -97,6 +99,8 @@ class _BoundVerifier(Verifier):
     iteration budget) are passed on as ``compute_bounds`` keyword options."""
 
     def _certify(self, model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Verdicts:
+        from trainables.bounds import certify as bound_certify
+
         options = {option: getattr(self, option) for option in self.options()}
         return Verdicts(bound_certify(model, x, y, eps, self.name, **options))
 
@@ -132,6 +136,8 @@ class Lipschitz(Verifier):
     strength = None  # another family: neither tighter nor looser than the bounds in general
 
     def _certify(self, model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Verdicts:
+        from trainables.certify.lipschitz import certify_lipschitz, lipschitz_bound
+
         constant = lipschitz_bound(model, tuple(x.shape[1:]))
         certified = certify_lipschitz(model, x, y, eps, constant)
         return Verdicts(certified, constants={"lipschitz_constant": constant})
@@ -151,6 +157,8 @@ class _CompleteVerifier(Verifier):
         return (f"{self.name}_undecided",)
 
     def _certify(self, model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Verdicts:
+        import torch
+
         statuses = [verdict.status for verdict in self.verdicts(model, x, y, eps)]
         certified = torch.tensor([s == "verified" for s in statuses], dtype=torch.bool)
         undecided = sum(s not in ("verified", "falsified") for s in statuses)
@@ -168,6 +176,8 @@ class Milp(_CompleteVerifier):
     seed: int = 0
 
     def verdicts(self, model: nn.Module, x: Tensor, y: Tensor, eps: float) -> list[Verdict]:
+        from trainables.certify.exact import verify_exact
+
         return verify_exact(model, x, y, eps, time_limit=self.time_limit, seed=self.seed)
 
 
@@ -194,6 +204,10 @@ class Best(Verifier):
         return tuple(stage_metric(stage.name) for stage in self.stages)
 
     def _certify(self, model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Verdicts:
+        import torch
+
+        from trainables.models.modes import eval_mode
+
         with torch.no_grad(), eval_mode(model):
             correct = model(x).argmax(dim=1) == y  # a misclassified sample is never certified
         certified = torch.zeros_like(correct)

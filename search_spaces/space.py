@@ -17,7 +17,6 @@ checkpoints, so ``fn`` must not be a closure (``DefineByRun`` is a module-level 
 
 from __future__ import annotations
 
-import difflib
 import re
 import warnings
 from collections.abc import Iterable, Mapping
@@ -25,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -36,9 +34,13 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    field_validator,
     model_serializer,
     model_validator,
 )
+
+from trainables.config_fields import did_you_mean
+from trainables.config_io import describe_errors, read_yaml_mapping
 
 if TYPE_CHECKING:
     from optuna.trial import BaseTrial
@@ -50,6 +52,10 @@ Scalar = StrictBool | StrictInt | StrictFloat | StrictStr | None
 
 _KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
+#: Choices of one categorical parameter: more is refused (an int or float range, or a
+#: file of configs, is the tool for that); validation is linear up to this size.
+MAX_CHOICES = 10_000
+
 
 class SearchSpaceError(ValueError):
     """A search space is invalid; the message names the file (or overrides) and the key path."""
@@ -58,6 +64,11 @@ class SearchSpaceError(ValueError):
 def _same(a: Any, b: Any) -> bool:
     """Equality that keeps ``True`` and ``1`` apart (Python's ``==`` does not)."""
     return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+
+def _identity(value: Any) -> tuple[bool, Any]:
+    """A hashable key with ``_same`` semantics: equal keys exactly when ``_same``."""
+    return isinstance(value, bool), value
 
 
 class Condition(BaseModel):
@@ -153,11 +164,24 @@ class CategoricalParam(_Param):
     type: Literal["categorical"] = "categorical"
     choices: tuple[Scalar, ...] = Field(min_length=1)
 
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _not_too_many(cls, raw: Any) -> Any:
+        if isinstance(raw, list | tuple) and len(raw) > MAX_CHOICES:
+            raise ValueError(
+                f"{len(raw):,} choices: at most {MAX_CHOICES:,} are allowed (use an int or"
+                " float range for more values)"
+            )
+        return raw
+
     @model_validator(mode="after")
     def _check(self) -> CategoricalParam:
-        for i, choice in enumerate(self.choices):
-            if any(_same(choice, earlier) for earlier in self.choices[:i]):
+        seen: set[tuple[bool, Any]] = set()
+        for choice in self.choices:
+            key = _identity(choice)
+            if key in seen:
                 raise ValueError(f"duplicate choice {choice!r}")
+            seen.add(key)
         return self
 
     def suggest(self, trial: BaseTrial, name: str) -> Any:
@@ -247,8 +271,7 @@ class SearchSpace(BaseModel):
         for key in self.parameters:
             if key in allowed or any(key.startswith(group) for group in groups):
                 continue
-            close = difflib.get_close_matches(key, sorted(allowed), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            hint = did_you_mean(key, sorted(allowed))
             lines.append(f"  {key}: not a training-config key{hint}")
         if lines:
             raise SearchSpaceError("\n".join([f"invalid search space {self.name}:", *lines]))
@@ -305,11 +328,19 @@ def _never_active(parameters: Mapping[str, AnyParam]) -> list[str]:
     for key, spec in parameters.items():
         for ref, cond in spec.when.items():
             other = parameters[ref]
-            if isinstance(other, CategoricalParam) and not any(map(cond.holds, other.choices)):
+            if isinstance(other, CategoricalParam) and not _satisfiable(cond, other.choices):
                 found.append(
                     f"{key} (its condition on {ref} fails for every choice {list(other.choices)})"
                 )
     return found
+
+
+def _satisfiable(cond: Condition, choices: tuple[Any, ...]) -> bool:
+    """Whether some choice satisfies ``cond`` (linear in the choices and values)."""
+    values = {_identity(value) for value in cond.values}
+    if cond.negate:
+        return any(_identity(choice) not in values for choice in choices)
+    return any(_identity(choice) in values for choice in choices)
 
 
 class _SpaceFile(BaseModel):
@@ -317,21 +348,6 @@ class _SpaceFile(BaseModel):
 
     include: list[str] = Field(default_factory=list, description="presets or files, in order")
     parameters: dict[str, Any] = Field(default_factory=dict)
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys silently; a search space must not."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str | int | float | bool) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 def list_presets() -> list[str]:
@@ -398,17 +414,11 @@ def _read_space(path: Path, stack: tuple[Path, ...]) -> dict[str, tuple[AnyParam
     if path.resolve() in stack:
         chain = " -> ".join(str(p) for p in (*stack, path.resolve()))
         raise SearchSpaceError(f"search-space include cycle: {chain}")
-    if not path.is_file():
-        raise SearchSpaceError(f"search-space file {path} does not exist")
+    raw = read_yaml_mapping(path, "search-space file", SearchSpaceError)
     try:
-        with path.open() as stream:
-            raw = yaml.load(stream, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as err:
-        raise SearchSpaceError(f"search-space file {path} is not valid YAML: {err}") from None
-    try:
-        content = _SpaceFile.model_validate({} if raw is None else raw)
+        content = _SpaceFile.model_validate(raw)
     except ValidationError as err:
-        raise SearchSpaceError(_describe(err, where, "")) from None
+        raise SearchSpaceError(_describe(err, where, _SpaceFile)) from None
     params: dict[str, tuple[AnyParam, str]] = {}
     for ref in content.include:
         for key, (spec, origin) in _read_space(
@@ -443,13 +453,8 @@ def _parse_param(raw: Any, where: str, path: str) -> AnyParam:
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        raise SearchSpaceError(_describe(err, where, path)) from None
+        raise SearchSpaceError(_describe(err, where, model, path)) from None
 
 
-def _describe(err: ValidationError, where: str, prefix: str) -> str:
-    lines = [f"invalid search space in {where}:"]
-    for problem in err.errors():
-        path = ".".join([prefix, *map(str, problem["loc"])] if prefix else map(str, problem["loc"]))
-        message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
-        lines.append(f"  {path or '(top level)'}: {message}")
-    return "\n".join(lines)
+def _describe(err: ValidationError, where: str, model: type[BaseModel], prefix: str = "") -> str:
+    return "\n".join([f"invalid search space in {where}:", *describe_errors(err, model, prefix)])

@@ -1,8 +1,10 @@
 """``python -m sweeps validate FILE`` / ``python -m sweeps run FILE [--storage URI]``.
 
-``run`` validates first (nothing starts on a bad config), starts a local Ray unless it runs
-under ``ray job submit`` or ``RAY_ADDRESS`` names a cluster, and resumes the sweep if its
-results folder already holds one.
+``validate`` checks everything that does not depend on the machine, and warns about what
+does (data not on this machine). ``run`` validates first (nothing starts on a bad config;
+for a local run, missing data or a device this machine lacks is an error too), starts a
+local Ray unless it runs under ``ray job submit`` or ``RAY_ADDRESS`` names a cluster, and
+resumes the sweep if its results folder already holds one. Bad input: one message, exit 2.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sweeps.config import CONFIGS_DIR, SweepConfigError, load_sweep
+from sweeps.config import CONFIGS_DIR, SweepConfigError, check_sweep, on_cluster
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,13 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {}
     if args.storage:
         overrides["storage"] = args.storage
-    if args.num_trials:
+    if args.num_trials is not None:
         overrides["num_trials"] = args.num_trials
+    runs_here = args.command == "run" and not on_cluster()
     try:
-        sweep = load_sweep(args.config, overrides)
+        checked = check_sweep(args.config, overrides, runs_here=runs_here)
     except SweepConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for warning in checked.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    sweep = checked.sweep
     if args.command == "validate":
         print(f"{args.config}: valid sweep {sweep.name!r} ({sweep.num_trials} trials)")
         return 0

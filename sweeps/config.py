@@ -1,28 +1,51 @@
 """A sweep config (``sweeps/configs/*.yaml``): everything one sweep needs, validated up front.
 
-``load_sweep(path)`` checks the file, the search space (preset + inline overrides), and the
-fixed training settings (merged with one sampled point of the space, so a bad key anywhere
-fails before Ray starts). Errors are ``SweepConfigError`` naming the file and the key path.
+``load_sweep(path)`` checks everything that does not depend on the machine and reports every
+problem at once, each naming the file and the key, before Ray starts (``sweeps.checks``
+says what is checked). ``check_sweep(path, runs_here=...)`` also returns warnings (search
+parameters that can never be suggested, data that is not on this machine); ``runs_here``
+(a local ``sweeps run``) makes a missing dataset or an absent device an error.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import optuna
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from search_spaces import SearchSpace, SearchSpaceError, load_space
-from trainables.config import ConfigError, TrainConfig, flatten, load_config
+from sweeps.checks import SweepCheck, complete_point
+from trainables.config import TrainConfig, flatten, load_config, unflatten
+from trainables.config_io import describe_errors, read_yaml_mapping
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
+
+#: A sweep name is a folder under the storage: no path separators, no "." or ".." alone.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 def is_uri(storage: str) -> bool:
     """True for ``scheme://...`` other than ``file://`` (a remote or in-memory filesystem)."""
     return "://" in storage and not storage.startswith("file://")
+
+
+def on_cluster() -> bool:
+    """Whether ``sweeps run`` joins a Ray cluster (``RAY_ADDRESS``, set by ``ray job submit``)
+    rather than starting a local Ray on this machine."""
+    return bool(os.environ.get("RAY_ADDRESS"))
 
 
 class SweepConfigError(ValueError):
@@ -72,7 +95,7 @@ class Constraint(_Group):
 
 
 class SweepConfig(_Group):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(description="a folder name under the storage: letters, digits, _ . -")
     storage: str = Field("sweeps-results", description="local path or URI (s3://, gs://, ...)")
     training: dict[str, Any] = Field(default_factory=dict, description="fixed settings")
     space: SpaceConfig = Field(default_factory=SpaceConfig)
@@ -94,6 +117,18 @@ class SweepConfig(_Group):
     optuna_storage: Literal["none", "journal", "sqlite"] = Field(
         "none", description="durable study under <storage>/<name>/ (local storage paths only)"
     )
+    _space: tuple[SpaceConfig, SearchSpace] | None = PrivateAttr(None)
+
+    @field_validator("name")
+    @classmethod
+    def _stays_inside_the_storage(cls, value: str) -> str:
+        if not _NAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a sweep name: the name is a folder under the storage, so"
+                " it is 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit"
+                " (no '/', no '.' or '..')"
+            )
+        return value
 
     @model_validator(mode="after")
     def _durable_study_needs_a_path(self) -> SweepConfig:
@@ -106,56 +141,74 @@ class SweepConfig(_Group):
         return self
 
     def training_config(self, params: dict[str, Any] | None = None) -> TrainConfig:
-        """The training config of one trial: fixed settings, then the sampled ``params``."""
-        return load_config(self.training, params)
+        """The training config of one trial: fixed settings, then the sampled ``params``.
+
+        Searched keys that ``params`` leaves out but that would be active take the space's
+        representative value (the default when inside the range, else the low end or the
+        first choice), so ``training_config()`` is a config some trial really can have.
+        """
+        space = self.search_space()
+        fixed = flatten(unflatten(self.training))
+        return load_config(self.training, complete_point(space, params or {}, fixed))
 
     def search_space(self, source: str = "the sweep config") -> SearchSpace:
-        return load_space(self.space.preset, self.space.overrides, overrides_source=source)
+        """The search space (loaded once per ``space`` setting; ``source`` names the
+        overrides in errors)."""
+        if self._space is None or self._space[0] != self.space:
+            space = load_space(self.space.preset, self.space.overrides, overrides_source=source)
+            self._space = (self.space.model_copy(deep=True), space)
+        return self._space[1]
+
+
+@dataclass(frozen=True)
+class CheckedSweep:
+    """A validated sweep and the warnings it raised (printed by ``python -m sweeps``)."""
+
+    sweep: SweepConfig
+    warnings: list[str]
 
 
 def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
     """Read and fully validate a sweep config (``overrides``: top-level keys, e.g. storage)."""
+    return check_sweep(path, overrides).sweep
+
+
+def check_sweep(
+    path: str | Path, overrides: dict[str, Any] | None = None, *, runs_here: bool = False
+) -> CheckedSweep:
+    """``load_sweep`` plus warnings; ``runs_here``: the trials run on this machine (a local
+    ``sweeps run``), so a missing dataset or device is an error, not a warning."""
     path = Path(path)
-    if not path.is_file():
-        raise SweepConfigError(f"sweep config {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise SweepConfigError(f"sweep config {path} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise SweepConfigError(f"sweep config {path} must hold a mapping")
+    raw = read_yaml_mapping(path, "sweep config", SweepConfigError)
     raw.update(overrides or {})
     try:
         sweep = SweepConfig.model_validate(raw)
     except ValidationError as err:
-        raise SweepConfigError(_describe(err, path)) from None
-    _check_training_and_space(sweep, path)
-    return sweep
+        lines = [_from_command_line(line, overrides) for line in describe_errors(err, SweepConfig)]
+        raise SweepConfigError("\n".join([f"invalid sweep config {path}:", *lines])) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            space = sweep.search_space(f"{path}: space.overrides")
+        except SearchSpaceError as err:
+            text = "\n".join(f"  {line}" for line in f"space: {err}".splitlines())
+            raise SweepConfigError(f"invalid sweep config {path}:\n{text}") from None
+    problems, found = SweepCheck(
+        sweep.training,
+        space,
+        overridden={key for key, spec in sweep.space.overrides.items() if spec is not None},
+        preset=sweep.space.preset,
+        gpus_per_worker=sweep.resources.gpus_per_worker,
+        runs_here=runs_here,
+    ).run()
+    if problems:
+        raise SweepConfigError("\n".join([f"invalid sweep config {path}:", *problems]))
+    never = [f"space: {w.message}" for w in caught if issubclass(w.category, UserWarning)]
+    return CheckedSweep(sweep, never + found)
 
 
-def _check_training_and_space(sweep: SweepConfig, path: Path) -> None:
-    """Validate the fixed settings alone and with sampled points of the space."""
-    try:
-        base = sweep.training_config()
-        space = sweep.search_space(f"{path} (space.overrides)")
-        space.validate_against(flatten(base.model_dump()).keys(), extra_keys=["model.options.*"])
-        fixed = set(flatten(sweep.training)) & set(space.keys())
-        if fixed:
-            raise SweepConfigError(f"{path}: training fixes searched key(s) {sorted(fixed)}")
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-        for _ in range(8):  # random points reach most conditional branches
-            sweep.training_config(space.sample_config(study.ask()))
-    except ConfigError as err:
-        raise SweepConfigError(f"{path}: training settings (key 'training'):\n{err}") from None
-    except SearchSpaceError as err:
-        raise SweepConfigError(f"{path}: search space (key 'space'):\n{err}") from None
-
-
-def _describe(err: ValidationError, path: Path) -> str:
-    lines = [f"invalid sweep config {path}:"]
-    for problem in err.errors():
-        where = ".".join(str(p) for p in problem["loc"]) or "(top level)"
-        message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
-        lines.append(f"  {where}: {message}")
-    return "\n".join(lines)
+def _from_command_line(line: str, overrides: dict[str, Any] | None) -> str:
+    for key in overrides or {}:
+        if line.startswith((f"  {key}:", f"  {key}.")):
+            return f"{line} (given on the command line)"
+    return line

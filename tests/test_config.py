@@ -30,7 +30,9 @@ def test_yaml_nested_and_dotted_keys_and_overrides(tmp_path) -> None:
 
 
 def test_flat_dict_from_a_search_space() -> None:
-    config = load_config({"method.name": "sabr", "method.sabr_lambda": 0.2, "epochs": 3})
+    config = load_config(
+        {"method.name": "sabr", "method.sabr_lambda": 0.2, "epochs": 3, "eps_schedule.length": 2}
+    )
     assert (config.method.name, config.method.sabr_lambda, config.epochs) == ("sabr", 0.2, 3)
 
 
@@ -97,3 +99,46 @@ def test_cli_overrides_are_parsed_as_yaml() -> None:
     }
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["optim.lr"])
+
+
+def test_unknown_names_and_options_are_all_reported_with_hints() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({"model.name": "cnn_smal", "dataset.name": "cifar", "optim.lr": -1.0})
+    message = str(info.value)
+    assert "model.name: unknown model 'cnn_smal' (did you mean cnn_small?)" in message
+    assert "dataset.name: unknown dataset 'cifar' (did you mean cifar10?)" in message
+    assert "optim.lr" in message  # every bad key at once
+    with pytest.raises(ConfigError, match=r"model\.options: model 'cnn7' has no option 'widht'"):
+        load_config({"model.name": "cnn7", "model.options": {"widht": 8}})
+    with pytest.raises(ConfigError, match=r"model\.options: .*'width' must be an int >= 1, got 0"):
+        load_config({"model.name": "cnn7", "model.options.width": 0})
+    with pytest.raises(ConfigError, match=r"dataset 'digits' has no option 'size'"):
+        load_config({"dataset.options.size": 10})
+    with pytest.raises(ConfigError, match=r"dataset\.options: synthetic: size must be >= 3"):
+        load_config({"dataset.name": "synthetic", "dataset.options.size": 1})
+    # too small an input for the strides: caught by building the model on the meta device
+    with pytest.raises(ConfigError, match=r"model\.options: .*too small.*1x1x1 input of synthetic"):
+        load_config({"dataset.name": "synthetic", "dataset.options.input_shape": [1, 1, 1]})
+
+
+@pytest.mark.parametrize(
+    ("keys", "ok"),
+    [
+        ({"epochs": 6, "eps_schedule.start": 2, "eps_schedule.length": 5}, True),  # ends at 6
+        ({"epochs": 6, "eps_schedule.start": 2, "eps_schedule.length": 6}, False),
+        ({"epochs": 2}, False),  # the default 5-epoch ramp: issue "epochs: 2 ends at eps 0.0004"
+        ({"epochs": 2, "eps_schedule.kind": "constant"}, True),
+        ({"epochs": 2, "method.name": "standard"}, True),  # trains at no eps
+        ({"epochs": 2, "eps": 0.0}, True),
+        ({"epochs": 2, "method.name": "pgd-at"}, False),
+    ],
+)
+def test_the_eps_ramp_must_end_within_the_run(keys, ok) -> None:
+    if ok:
+        load_config(keys)
+        return
+    with pytest.raises(ConfigError) as info:
+        load_config(keys)
+    message = str(info.value)
+    assert "eps_schedule.start=" in message and "eps_schedule.length=" in message
+    assert f"epochs={keys['epochs']}" in message

@@ -18,6 +18,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from trainables.data import (
     DATASETS,
     DatasetNotFoundError,
+    dataset_shape,
+    find_missing,
     load_dataset,
     prepare_tinyimagenet_val,
 )
@@ -430,3 +432,31 @@ def test_missing_dataset_says_where_and_how(tmp_path, name, layout):
         assert "prepare_tinyimagenet_val" in message
     assert not root.exists()  # nothing downloaded or created
     assert str(pickle.loads(pickle.dumps(err.value))) == message  # crosses Ray processes
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100", "tinyimagenet"])
+def test_find_missing_agrees_with_loading_without_reading_the_files(tmp_path, name):
+    """What validation says about the data before a run: present exactly when it loads."""
+    empty = find_missing(name, tmp_path / "nothing-here")
+    assert isinstance(empty, DatasetNotFoundError) and repr(name) in str(empty)
+    assert find_missing(name, tmp_path / "nothing-here", download=True) is None
+    writers = {
+        "mnist": lambda: write_mnist(tmp_path, np.random.default_rng(0)),
+        "cifar10": lambda: write_cifar10(tmp_path, np.random.default_rng(0)),
+        "cifar100": lambda: write_cifar100(tmp_path, np.random.default_rng(0)),
+        "tinyimagenet": lambda: write_tinyimagenet(tmp_path, official_val=True),
+    }
+    writers[name]()
+    if name == "tinyimagenet":  # the official val/images layout does not load yet
+        assert "val/images" in str(find_missing(name, tmp_path))
+        prepare_tinyimagenet_val(tmp_path)
+    assert find_missing(name, tmp_path) is None
+    assert find_missing("digits") is None and find_missing("synthetic") is None
+
+
+def test_dataset_shape_is_known_without_loading():
+    assert dataset_shape("digits") == (load_dataset("digits").info.input_shape, 10)
+    assert dataset_shape("cifar100") == ((3, 32, 32), 100)
+    assert dataset_shape("synthetic", num_classes=4, input_shape=[3, 4, 5]) == ((3, 4, 5), 4)
+    with pytest.raises(ValueError, match="num_classes must be an int >= 2"):
+        dataset_shape("synthetic", num_classes=1)

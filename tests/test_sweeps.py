@@ -28,6 +28,7 @@ TINY_TEACHER = {
     "method.name": "pgd-at",
     "eps": 0.1,
     "epochs": 1,
+    "eps_schedule.length": 1,
     "eval.pgd_steps": 2,
     "eval.subset": 50,
 }

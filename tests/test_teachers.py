@@ -131,7 +131,13 @@ def test_recipe_teacher_must_be_trained_before_the_loop(tmp_path) -> None:
     with pytest.raises(TeacherError, match=r"not trained yet.*ensure_teacher"):
         load_teacher(config, DIGITS, torch.device("cpu"))
     with pytest.raises(TeacherError, match="unknown teacher"):
-        train(load_config(digits_config({"teacher.name": "no-such-teacher", "epochs": 2})))
+        train(
+            load_config(
+                digits_config(
+                    {"teacher.name": "no-such-teacher", "epochs": 2, "eps_schedule.length": 1}
+                )
+            )
+        )
 
 
 def test_teacher_config_keys_are_checked() -> None:
@@ -294,7 +300,8 @@ def test_resume_restores_the_projection(teacher_setup, tmp_path) -> None:
 def test_cli_ensures_the_teacher_before_training(teacher_setup, tmp_path, capsys) -> None:
     keys = ("teacher.name", "teacher.registry", "teacher.cache_dir")
     sets = [f"{key}={teacher_setup['settings'][key]}" for key in keys]
-    sets += ["epochs=1", "eps_schedule.start=1", "eval.final_subset=20", "eval.final_verifier=ibp"]
+    sets += ["epochs=1", "eps_schedule.start=1", "eps_schedule.length=1"]
+    sets += ["eval.final_subset=20", "eval.final_verifier=ibp"]
     argv = [arg for pair in (("--set", s) for s in sets) for arg in pair]
     assert main([*argv, "--out", str(tmp_path / "run")]) == 0
     printed = capsys.readouterr().out

@@ -53,3 +53,28 @@ def test_module_entry_point_runs() -> None:
         [sys.executable, "-m", "trainables.train", "--help"], capture_output=True, text=True
     )
     assert done.returncode == 0 and "--set" in done.stdout
+
+
+def test_every_bad_input_is_one_message_and_exit_code_2(tmp_path, capsys) -> None:
+    cases = {
+        "model.name=cnn_smal": "model.name: unknown model 'cnn_smal' (did you mean cnn_small?)",
+        "epochs=2": "eps_schedule.start=2 + eps_schedule.length=8 - 1 = epoch 9",
+        "device=cuda:99": "device='cuda:99': this machine has",
+        "teacher.name=pgd-at-digit": "unknown teacher 'pgd-at-digit' (did you mean pgd-at-digits",
+        "dataset.name=cifar10": "dataset 'cifar10' not found or incomplete",
+        "optim.lr=[1, 1": "--set optim.lr: not valid YAML",
+    }
+    for pair, expected in cases.items():
+        extra = ["--set", f"dataset.root={tmp_path}"] if "dataset" in pair else []
+        assert main(["--config", str(CONFIG), "--set", pair, *extra]) == 2, pair
+        assert expected in capsys.readouterr().err, pair
+
+
+def test_a_python_tag_is_refused_and_runs_nothing(tmp_path, capsys) -> None:
+    marker = tmp_path / "marker"
+    value = f"seed=!!python/object/apply:os.system ['touch {marker}']"
+    assert main(["--config", str(CONFIG), "--set", value]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: --set seed: the tag !!python/object/apply:os.system is not allowed"
+    )
+    assert not marker.exists()

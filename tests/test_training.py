@@ -123,7 +123,9 @@ def test_non_finite_loss_ends_the_run_with_status_diverged(monkeypatch) -> None:
 
     monkeypatch.setattr(loop, "shi_ibp_init", keep)
     recorder = Recorder()
-    config = load_config(digits_config({"method.name": "ibp", "epochs": 4}))
+    config = load_config(
+        digits_config({"method.name": "ibp", "epochs": 4, "eps_schedule.length": 3})
+    )
     result = train(config, [Poison(holder, step=25), recorder])  # 20 batches per epoch
     assert result.status == "diverged"
     assert result.diverged_epoch == 2

@@ -2,21 +2,36 @@
 
 Nested groups read naturally in YAML; search spaces produce flat dicts, so every key also
 has a dotted form (``optim.lr``, ``method.alpha``). Both forms meet in ``load_config``, and
-any unknown key or bad value becomes one ``ConfigError`` that names the key path (and the
-file) before anything runs.
+every unknown key or bad value becomes one ``ConfigError`` that names each key path (and
+the file) before anything runs: ranges and choices, ``model.name`` / ``dataset.name`` and
+their ``options`` against the model zoo and the dataset registry (the model is built on
+PyTorch's meta device, so a too-small input or a bad width is caught too), and an eps ramp
+that must end within ``epochs``. ``teacher.name`` needs the teacher registry, which sits
+above this module: ``trainables.preflight`` checks it, with the device and the data.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from trainables.certify.verifiers import verifier_type
+from trainables.config_fields import did_you_mean
+from trainables.config_io import describe_errors, read_yaml_mapping
 
 CERTIFIED_METHODS = ("ibp", "crown-ibp", "cc-ibp", "mtl-ibp", "exp-ibp", "sabr")
 ADVERSARIAL_METHODS = ("pgd-at", "trades")
@@ -31,6 +46,8 @@ METHODS = (
     *SMOOTHING_METHODS,
     *LIPSCHITZ_METHODS,
 )
+#: Methods whose training loss uses eps (the eps ramp applies to them).
+EPS_METHODS = (*CERTIFIED_METHODS, *ADVERSARIAL_METHODS)
 #: Methods whose loss uses a PGD attack during training.
 ATTACKING_METHODS = ("cc-ibp", "mtl-ibp", "exp-ibp", "sabr", *ADVERSARIAL_METHODS)
 
@@ -43,18 +60,69 @@ class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DatasetConfig(_Group):
-    name: str = "digits"
+class _Registered(_Group):
+    """A group naming an entry of a registry (``name``) with that entry's ``options``."""
+
+    kind: ClassVar[str]
+
+    @staticmethod
+    def registry() -> tuple[tuple[str, ...], Callable[[str], list[str]]]:
+        """The registry's names and each name's accepted options (imported on use: torch)."""
+        raise NotImplementedError
+
+    @field_validator("name", check_fields=False)
+    @classmethod
+    def _known_name(cls, value: str) -> str:
+        known, _ = cls.registry()
+        if value not in known:
+            hint = did_you_mean(value, known)
+            raise ValueError(f"unknown {cls.kind} {value!r}{hint}; known: {', '.join(known)}")
+        return value
+
+    @field_validator("options", check_fields=False)
+    @classmethod
+    def _known_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("name")
+        if name is None:  # the name is invalid: reported already
+            return value
+        accepted = cls.registry()[1](name)
+        unknown = [key for key in value if key not in accepted]
+        if unknown:
+            shown = [f"{key!r}{did_you_mean(key, accepted)}" for key in unknown[:5]]
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            raise ValueError(
+                f"{cls.kind} {name!r} has no option {', '.join(shown)}{more}; it takes: "
+                f"{', '.join(accepted) or 'none'}"
+            )
+        return value
+
+
+class DatasetConfig(_Registered):
+    kind: ClassVar[str] = "dataset"
+    name: str = Field("digits", description="a name of trainables.data.DATASETS")
     root: str | None = Field(None, description="data directory (default: $CERTSWEEP_DATA)")
     val_size: float = Field(0.1, gt=0, lt=1, description="fraction of train held out")
     augment: bool = False
     download: bool = False
     options: dict[str, Any] = Field(default_factory=dict, description="loader-specific")
 
+    @staticmethod
+    def registry() -> tuple[tuple[str, ...], Callable[[str], list[str]]]:
+        from trainables.data import DATASETS, dataset_options
 
-class ModelConfig(_Group):
-    name: str = "cnn_small"
+        return DATASETS, dataset_options
+
+
+class ModelConfig(_Registered):
+    kind: ClassVar[str] = "model"
+    name: str = Field("cnn_small", description="a name of trainables.models.MODELS")
     options: dict[str, Any] = Field(default_factory=dict, description="e.g. width")
+
+    @staticmethod
+    def registry() -> tuple[tuple[str, ...], Callable[[str], list[str]]]:
+        from trainables.models import MODELS, model_options
+
+        return MODELS, model_options
 
 
 class OptimConfig(_Group):
@@ -113,7 +181,9 @@ class AttackConfig(_Group):
 class EpsScheduleConfig(_Group):
     kind: Literal["smoothed", "linear", "constant"] = "smoothed"
     start: int = Field(1, ge=1, description="1-based epoch where the ramp begins")
-    length: int = Field(20, ge=1, description="ramp length in epochs")
+    length: int = Field(
+        5, ge=1, description="ramp length in epochs; the ramp must end by the last epoch"
+    )
 
 
 class WarmupConfig(_Group):
@@ -254,10 +324,26 @@ class TrainConfig(_Group):
     @model_validator(mode="after")
     def _ramp_fits(self) -> TrainConfig:
         schedule = self.eps_schedule
-        if schedule.kind != "constant" and schedule.start > self.epochs:
+        if not ramp_applies(schedule.kind, self.method.name, self.eps):
+            return self
+        end = schedule.start + schedule.length - 1
+        if end > self.epochs:
             raise ValueError(
-                f"eps_schedule.start={schedule.start} is after the last epoch ({self.epochs})"
+                f"eps_schedule.start={schedule.start} + eps_schedule.length={schedule.length}"
+                f" - 1 = epoch {end}, after the last epoch (epochs={self.epochs}): training"
+                f" would stop before eps reaches {self.eps}; shorten the ramp, start it"
+                " earlier, raise epochs, or use eps_schedule.kind: constant"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _model_fits_data(self) -> TrainConfig:
+        _check_model_on_data(
+            self.model.name,
+            _frozen(self.model.options),
+            self.dataset.name,
+            _frozen(self.dataset.options),
+        )
         return self
 
     @model_validator(mode="after")
@@ -282,6 +368,34 @@ class TrainConfig(_Group):
     def flat(self) -> dict[str, Any]:
         """The config as a flat dict with dotted keys (the inverse of ``load_config``)."""
         return flatten(self.model_dump())
+
+
+def ramp_applies(kind: str, method: str, eps: float) -> bool:
+    """Whether the eps ramp must end within the run: a ramping schedule of a method that
+    trains at eps (``EPS_METHODS``), for a positive eps."""
+    return kind != "constant" and method in EPS_METHODS and eps > 0
+
+
+def _frozen(options: Mapping[str, Any]) -> str:
+    return json.dumps(options, sort_keys=True, default=repr)
+
+
+@lru_cache(maxsize=256)
+def _check_model_on_data(model: str, options: str, dataset: str, data_options: str) -> None:
+    """Build the model for the dataset's input on the meta device (cached: configs repeat)."""
+    from trainables.data import dataset_shape
+    from trainables.models import check_model
+
+    try:
+        input_shape, num_classes = dataset_shape(dataset, **json.loads(data_options))
+    except ValueError as err:
+        raise ValueError(f"dataset.options: {err}") from None
+    try:
+        check_model(model, input_shape, num_classes, **json.loads(options))
+    except ValueError as err:
+        raise ValueError(
+            f"model.options: {err} (for the {'x'.join(map(str, input_shape))} input of {dataset})"
+        ) from None
 
 
 def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -341,26 +455,8 @@ def load_config(
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
-    return unflatten(data)
+    return unflatten(read_yaml_mapping(path, "config file", ConfigError))
 
 
 def _describe(err: ValidationError, where: str) -> str:
-    lines = [f"invalid training config in {where}:"]
-    for problem in err.errors():
-        path = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        if problem["type"] == "extra_forbidden":
-            lines.append(f"  {path}: unknown key")
-            continue
-        given = f" (got {problem['input']!r})" if problem["loc"] and "input" in problem else ""
-        lines.append(f"  {path}: {problem['msg']}{given}")
-    return "\n".join(lines)
+    return "\n".join([f"invalid training config in {where}:", *describe_errors(err, TrainConfig)])

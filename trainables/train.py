@@ -3,7 +3,9 @@
     python -m trainables.train --config FILE [--set key=value ...] [--out DIR]
 
 ``--set`` takes dotted keys (``optim.lr=1e-3``, ``method.name=ibp``); values are read as
-YAML (``1e-3``, ``true``, ``[10, 20]``). Without ``checkpoint.dir`` the checkpoints go to a
+YAML (``1e-3``, ``true``, ``[10, 20]``). Bad input (a key, a value, a file, a device this
+machine lacks, missing data, an unknown teacher) ends in one message and exit code 2, before
+anything trains. Without ``checkpoint.dir`` the checkpoints go to a
 fresh directory under ``runs/``. A recipe teacher (``teacher.name``) not yet in the cache is
 trained first. Prints a progress bar, a metrics table per evaluated epoch and at the end the
 final metrics and the checkpoint path.
@@ -21,7 +23,9 @@ import yaml
 from tqdm import tqdm
 
 from trainables.config import ConfigError, TrainConfig, load_config
+from trainables.config_io import parse_yaml_value
 from trainables.data import DatasetNotFoundError
+from trainables.preflight import preflight
 from trainables.teachers import TeacherError
 from trainables.teachers.cache import ensure_teacher
 from trainables.training.callbacks import Callback, RunInfo
@@ -39,13 +43,13 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {pair!r}")
-        overrides[key.strip()] = _parse_value(value)
+        overrides[key.strip()] = _parse_value(value, f"--set {key.strip()}")
     return overrides
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, what: str) -> Any:
     """YAML, except that ``1e-3`` is a number (YAML 1.1 reads it as a string)."""
-    value = yaml.safe_load(text)
+    value = parse_yaml_value(text, what, ConfigError)
     if isinstance(value, str):
         try:
             return float(value)
@@ -140,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.show_config:
         print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         return 0
+    problems = preflight(config)
+    if problems:
+        where = args.config or "the config"
+        print("\n  ".join([f"error: cannot run {where} here:", *problems]), file=sys.stderr)
+        return 2
     try:
         if ensure_teacher(config, [ProgressPrinter()]) is not None:
             print(f"teacher {config.teacher.name!r} is ready")

@@ -27,11 +27,12 @@ stays as light as the config itself.
 
 from __future__ import annotations
 
-import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from trainables.config_fields import did_you_mean
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -268,9 +269,9 @@ def make_verifier(name: str, **options: Any) -> Verifier:
 
 def unknown_verifier(name: object) -> str:
     """The error message for a name that is not registered, with a "did you mean"."""
-    close = difflib.get_close_matches(str(name), VERIFIERS, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown verifier {name!r}{hint} (choose one of {', '.join(VERIFIERS)})"
+    return (
+        f"unknown verifier {name!r}{did_you_mean(name, VERIFIERS)}; known: {', '.join(VERIFIERS)}"
+    )
 
 
 def stage_metric(stage: str) -> str:

@@ -5,7 +5,7 @@ to the model (``DatasetInfo.mean`` / ``std``), so perturbation radii stay in pix
 """
 
 from .base import DatasetInfo, DatasetNotFoundError, DatasetSplits, data_root
-from .registry import DATASETS, load_dataset
+from .registry import DATASETS, dataset_options, dataset_shape, find_missing, load_dataset
 from .tinyimagenet import prepare_tinyimagenet_val
 
 __all__ = [
@@ -14,6 +14,9 @@ __all__ = [
     "DatasetNotFoundError",
     "DatasetSplits",
     "data_root",
+    "dataset_options",
+    "dataset_shape",
+    "find_missing",
     "load_dataset",
     "prepare_tinyimagenet_val",
 ]

@@ -7,16 +7,18 @@ import numbers
 import os
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Subset
 
-from .base import DatasetSplits, Source, data_root
+from .base import DatasetNotFoundError, DatasetSplits, Source, data_root
 from .digits import digits_source
-from .synthetic import synthetic_source
-from .tinyimagenet import tinyimagenet_source
-from .torchvision_sets import CIFAR10, CIFAR100, MNIST, torchvision_source
+from .synthetic import synthetic_shape, synthetic_source
+from .tinyimagenet import INFO as TINYIMAGENET_INFO
+from .tinyimagenet import tinyimagenet_missing, tinyimagenet_source
+from .torchvision_sets import CIFAR10, CIFAR100, MNIST, torchvision_missing, torchvision_source
 
 # A loader is called as loader(root, download, augment, **options); its keyword-only
 # parameters are the dataset's options.
@@ -31,6 +33,20 @@ _LOADERS: dict[str, Loader] = {
     "synthetic": synthetic_source,
 }
 DATASETS: tuple[str, ...] = tuple(_LOADERS)
+
+#: (C, H, W) and class count of the file-free or fixed-size datasets, known without loading.
+_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "digits": ((1, 8, 8), 10),
+    **{f.info.name: (f.info.input_shape, f.info.num_classes) for f in (MNIST, CIFAR10, CIFAR100)},
+    "tinyimagenet": (TINYIMAGENET_INFO.input_shape, TINYIMAGENET_INFO.num_classes),
+}
+#: How to find missing files of the file-backed datasets without loading them.
+_PRESENCE: dict[str, Callable[[Path], DatasetNotFoundError | None]] = {
+    "mnist": partial(torchvision_missing, MNIST),
+    "cifar10": partial(torchvision_missing, CIFAR10),
+    "cifar100": partial(torchvision_missing, CIFAR100),
+    "tinyimagenet": tinyimagenet_missing,
+}
 
 
 def load_dataset(
@@ -53,7 +69,7 @@ def load_dataset(
     loader = _LOADERS.get(name)
     if loader is None:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
-    _check_options(name, loader, options)
+    _check_options(name, options)
     source = loader(data_root(root), download, augment, **options)
     train_idx, val_idx = split_indices(len(source.train_plain), val_size, seed)
     return DatasetSplits(
@@ -62,6 +78,37 @@ def load_dataset(
         test=source.test,
         info=source.info,
     )
+
+
+def dataset_options(name: str) -> list[str]:
+    """The options (``dataset.options``) dataset ``name`` accepts."""
+    return [
+        p.name
+        for p in inspect.signature(_LOADERS[name]).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+
+
+def dataset_shape(name: str, **options: Any) -> tuple[tuple[int, int, int], int]:
+    """``(input_shape, num_classes)`` of ``name`` with ``options``, without reading files.
+
+    TinyImageNet counts its classes from the folders when loaded; this gives the official 200.
+    """
+    if name == "synthetic":
+        return synthetic_shape(**options)
+    return _SHAPES[name]
+
+
+def find_missing(
+    name: str, root: str | os.PathLike[str] | None = None, *, download: bool = False
+) -> DatasetNotFoundError | None:
+    """The error loading ``name`` from ``root`` would raise for missing files, or None.
+
+    Checks that the files are there (not their checksums), so it takes milliseconds; with
+    ``download`` nothing is missing, as the loader fetches what is.
+    """
+    check = _PRESENCE.get(name)
+    return None if check is None or download else check(data_root(root))
 
 
 def split_indices(n: int, val_size: int | float, seed: int) -> tuple[list[int], list[int]]:
@@ -88,12 +135,8 @@ def _val_count(val_size: object, n: int) -> int:
     return count
 
 
-def _check_options(name: str, loader: Loader, options: dict[str, Any]) -> None:
-    accepted = [
-        p.name
-        for p in inspect.signature(loader).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    ]
+def _check_options(name: str, options: dict[str, Any]) -> None:
+    accepted = dataset_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(

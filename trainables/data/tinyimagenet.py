@@ -29,7 +29,7 @@ def _missing(root: Path, detail: str) -> DatasetNotFoundError:
         "tinyimagenet",
         root / FOLDER,
         f"{root}/{FOLDER}/train/<wnid>/**/*.JPEG and {root}/{FOLDER}/val/<wnid>/*.JPEG",
-        f"pass download=True (CLI: --set data.download=true), or unzip {URL} into {root} and "
+        f"pass download=True (CLI: --set dataset.download=true), or unzip {URL} into {root} and "
         f"run trainables.data.prepare_tinyimagenet_val({str(root)!r}) to sort val/ into "
         "class folders",
         detail=detail,
@@ -66,6 +66,17 @@ def prepare_tinyimagenet_val(root: str | os.PathLike[str] | None = None) -> Path
         raise _missing(base, f"{len(leftovers)} files in {images} have no label in {annotations}")
     images.rmdir()
     return val_dir
+
+
+def tinyimagenet_missing(root: Path) -> DatasetNotFoundError | None:
+    """The error ``tinyimagenet_source`` would raise for missing folders, without loading."""
+    base = root / FOLDER
+    for folder in ("train", "val"):
+        if not (base / folder).is_dir():
+            return _missing(root, f"{base / folder} does not exist")
+    if (base / "val" / "images").is_dir():
+        return _missing(root, "val/ is still in the official layout (val/images/); sort it first")
+    return None
 
 
 def tinyimagenet_source(root: Path, download: bool, augment: bool) -> Source:

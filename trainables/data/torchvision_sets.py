@@ -44,6 +44,36 @@ CIFAR100 = TorchvisionFamily(
 )
 
 
+def required_files(family: TorchvisionFamily) -> list[str]:
+    """The files torchvision reads for ``family``, relative to the data root."""
+    cls = family.dataset_class
+    if hasattr(cls, "base_folder"):  # CIFAR-10/100: pickled batches plus a meta file
+        names = [name for name, _ in (*cls.train_list, *cls.test_list)] + [cls.meta["filename"]]
+        return [f"{cls.base_folder}/{name}" for name in names]
+    # MNIST: torchvision reads the uncompressed idx files from <root>/<ClassName>/raw/.
+    return [f"{cls.__name__}/raw/{Path(url).stem}" for url, _ in cls.resources]
+
+
+def torchvision_missing(family: TorchvisionFamily, root: Path) -> DatasetNotFoundError | None:
+    """The error ``torchvision_source`` would raise for missing files, found without loading."""
+    missing = [name for name in required_files(family) if not (root / name).is_file()]
+    if not missing:
+        return None
+    return DatasetNotFoundError.describe(
+        family.info.name,
+        root,
+        f"{root}/{family.layout}",
+        _HOW_TO_GET,
+        detail=f"missing: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}",
+    )
+
+
+_HOW_TO_GET = (
+    "pass download=True (CLI: --set dataset.download=true) on a machine with internet "
+    "access, or copy the files there"
+)
+
+
 def torchvision_source(
     family: TorchvisionFamily, root: Path, download: bool, augment: bool
 ) -> Source:
@@ -59,8 +89,7 @@ def torchvision_source(
             family.info.name,
             root,
             f"{root}/{family.layout}",
-            "pass download=True (CLI: --set data.download=true) on a machine with internet "
-            "access, or copy the files there",
+            _HOW_TO_GET,
             detail=f"torchvision: {err}",
         ) from err
     crop = family.augment_crop if augment else None

@@ -10,6 +10,8 @@ from trainables.models.zoo import (
     MODELS,
     build_model,
     build_model_for,
+    check_model,
+    model_options,
 )
 
 __all__ = [
@@ -20,7 +22,9 @@ __all__ = [
     "PreActBlock",
     "build_model",
     "build_model_for",
+    "check_model",
     "feature_names",
     "feature_prefix",
     "forward_features",
+    "model_options",
 ]

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from trainables.models import certified, lipschitz, resnets
@@ -36,6 +37,30 @@ LIPSCHITZ_MODELS: tuple[str, ...] = tuple(lipschitz.BUILDERS)
 def _options_of(builder: Callable[..., object]) -> list[str]:
     params = inspect.signature(builder).parameters.values()
     return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def model_options(name: str) -> list[str]:
+    """The options (``model.options``) model ``name`` accepts."""
+    return _options_of(_BUILDERS[name])
+
+
+def check_model(
+    name: str, input_shape: tuple[int, int, int], num_classes: int, **options: object
+) -> None:
+    """Raise the ``ValueError`` ``build_model`` would raise, without allocating weights.
+
+    The model is built on PyTorch's meta device (shapes only, no memory, no random draws);
+    a builder that computes on its weights there (deel-torchlip's spectral normalisation)
+    is built on the CPU instead, with the random state restored afterwards.
+    """
+    try:
+        with torch.device("meta"):
+            build_model(name, input_shape, num_classes, **options)
+    except ValueError:
+        raise
+    except (RuntimeError, NotImplementedError):
+        with torch.random.fork_rng(devices=[]):
+            build_model(name, input_shape, num_classes, **options)
 
 
 def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:

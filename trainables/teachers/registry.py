@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from trainables.config import (
@@ -46,6 +45,8 @@ from trainables.config import (
     load_config,
     unflatten,
 )
+from trainables.config_fields import did_you_mean
+from trainables.config_io import describe_errors, read_yaml_mapping
 
 #: File name of a trained recipe teacher inside its cache folder.
 TEACHER_FILE = "teacher.pt"
@@ -158,7 +159,10 @@ def resolve_teacher(config: TrainConfig) -> TeacherSpec:
     else:
         available = [*entries, *BUILTIN_RECIPES, "pgd-at[:<model>]", "trades[:<model>]"]
         where = f" (registry {registry})" if registry else ""
-        raise TeacherError(f"unknown teacher {name!r}{where}; available: {', '.join(available)}")
+        hint = did_you_mean(name, [*entries, *BUILTIN_RECIPES, *ADVERSARIAL_METHODS])
+        raise TeacherError(
+            f"unknown teacher {name!r}{where}{hint}; available: {', '.join(available)}"
+        )
     trained = _recipe_config(name, recipe, source)
     location = teacher_cache_dir(config) / recipe_hash(trained) / TEACHER_FILE
     model = trained.model
@@ -167,14 +171,8 @@ def resolve_teacher(config: TrainConfig) -> TeacherSpec:
 
 def read_registry(path: str | os.PathLike[str]) -> dict[str, CheckpointEntry | RecipeEntry]:
     """Parse a registry YAML file; any problem is one ``TeacherError`` naming file and entry."""
-    path = Path(path)
-    if not path.is_file():
-        raise TeacherError(f"teacher registry {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise TeacherError(f"teacher registry {path} is not valid YAML: {err}") from None
-    teachers = data.get("teachers") if isinstance(data, dict) else None
+    data = read_yaml_mapping(path, "teacher registry", TeacherError)
+    teachers = data.get("teachers")
     if not isinstance(teachers, dict):
         raise TeacherError(f"teacher registry {path} needs a mapping under the key 'teachers'")
     entries: dict[str, CheckpointEntry | RecipeEntry] = {}
@@ -183,12 +181,14 @@ def read_registry(path: str | os.PathLike[str]) -> dict[str, CheckpointEntry | R
         try:
             entries[str(name)] = kind.model_validate(raw)
         except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(map(str, p['loc'])) or '(entry)'}: {p['msg']}" for p in err.errors()
-            )
             raise TeacherError(
-                f"teacher registry {path}, entry {name!r}: {problems} (an entry has either"
-                " model + checkpoint, or recipe)"
+                "\n".join(
+                    [
+                        f"teacher registry {path}, entry {name!r} (an entry has either model +"
+                        " checkpoint, or recipe):",
+                        *describe_errors(err, kind),
+                    ]
+                )
             ) from None
     return entries
 

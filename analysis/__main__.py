@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
         "--time-limit", type=float, default=60.0, help="seconds per sample (milp)"
     )
     recertify.add_argument("--batch-size", type=int, default=256)
+    recertify.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace stored results even by a failed or smaller run",
+    )
     return parser
 
 
@@ -76,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 directions=directions,
                 batch_size=args.batch_size,
                 time_limit=args.time_limit,
+                overwrite=args.overwrite,
             )
             shown = [
                 c
@@ -88,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                     "cert_acc",
                     "clean_acc",
                     "seconds",
+                    "written",
                 )
                 if c in rows
             ]

@@ -22,12 +22,14 @@ import pandas as pd
 
 from analysis import pareto
 from analysis.loading import load
+from trainables.results import PARAM_PREFIX, STATUSES, full_budget
 
 __all__ = [
     "Comparison",
     "compare",
     "directions_of",
     "finished",
+    "front_members",
     "hypervolume",
     "hypervolume_progress",
     "objectives_of",
@@ -57,8 +59,7 @@ def directions_of(
 
 def finished(df: pd.DataFrame) -> pd.Series:
     """Rows of completed trials that ran their full budget (the default front candidates)."""
-    full = (df["epochs_run"] >= df["total_epochs"]).fillna(False).astype(bool)
-    return df["status"].eq("completed").fillna(False).astype(bool) & full
+    return full_budget(df)
 
 
 def _candidates(
@@ -100,6 +101,35 @@ def hypervolume(
     return pareto.hypervolume(values, names, directions_of(df, names, directions), reference)
 
 
+def front_members(
+    trials: pd.DataFrame,
+    objectives: Sequence[str] | None = None,
+    directions: Sequence[str] | None = None,
+    *,
+    varying_only: bool = False,
+    extra: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """The front's members, best first objective first: trial id, objectives, the search's
+    test metrics and verifier, ``extra`` columns (indexed by trial id, e.g. re-certified
+    accuracies), then the parameters (without ``param.``) set in some member, or with
+    ``varying_only`` only those that differ between members."""
+    names = objectives_of(trials, objectives)
+    modes = directions_of(trials, names, directions)
+    front = trials[pareto_front(trials, names, modes)["on_front"]]
+    tests = [c for c in ("test_clean_acc", "test_cert_acc", "test_verifier") if c in front]
+    params = [c for c in front if c.startswith(PARAM_PREFIX) and front[c].notna().any()]
+    if varying_only:
+        params = [c for c in params if front[c].astype(str).nunique(dropna=False) > 1]
+    table = front[["trial_id", *names, *tests]]
+    if extra is not None:
+        table = table.join(extra, on="trial_id")
+    table = pd.concat(
+        [table, front[params].rename(columns=lambda c: c[len(PARAM_PREFIX) :])], axis=1
+    )
+    descending = modes is None or modes[0] == "maximize"
+    return table.sort_values(names[0], ascending=not descending).reset_index(drop=True)
+
+
 def _trial_order(df: pd.DataFrame) -> pd.Index:
     """Rows in the order the trials ended (``written_at``, then trial id)."""
     keys = [key for key in ("written_at", "trial_id") if key in df]
@@ -120,9 +150,6 @@ def hypervolume_progress(
     modes = directions_of(df, names, directions)
     curve = pareto.hypervolume_progress(values, names, modes, reference)
     return pd.Series(curve, index=order, name="hypervolume")
-
-
-_STATUSES = ("completed", "pruned", "failed", "diverged")
 
 
 @dataclass(frozen=True)
@@ -163,7 +190,7 @@ def compare(
                 {
                     "sweep": sweep,
                     "trials": len(trials),
-                    **{status: int(counts.get(status, 0)) for status in _STATUSES},
+                    **{status: int(counts.get(status, 0)) for status in STATUSES},
                     "front_size": int(front["on_front"].sum()),
                     "hypervolume": hypervolume(trials, names, directions, reference),
                     **{

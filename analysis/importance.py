@@ -34,7 +34,7 @@ from optuna.distributions import (
 from optuna.importance import BaseImportanceEvaluator, FanovaImportanceEvaluator
 
 from analysis.front import finished, objectives_of
-from sweeps.results import PARAM_PREFIX
+from trainables.results import PARAM_PREFIX
 
 __all__ = ["param_importances", "study_from_trials"]
 

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from analysis.front import finished, hypervolume_progress, objectives_of, pareto_front
-from sweeps.results import PARAM_PREFIX
+from trainables.results import PARAM_PREFIX
 
 __all__ = [
     "front_figure",

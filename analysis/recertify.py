@@ -6,9 +6,9 @@ checkpoint (``checkpoint_uri`` in its trial row), rebuilds its model and data fr
 config stored in the checkpoint, certifies the chosen split at the trial's eps with the
 chosen verifier of the registry (``trainables.certify.verifiers``, through
 ``trainables.certify_checkpoint``, which ``python -m trainables.certify_checkpoint`` uses too)
-and writes one row per trial as a new Parquet dataset (``analysis.recertified``); the sweep's
-own files are never rewritten. A cascade's row records the fraction each stage certified
-(``certified_by``, JSON).
+and writes one row per trial as a new Parquet dataset (``trainables.results.recertification``);
+the sweep's own files are never rewritten. A cascade's row records the fraction each stage
+certified (``certified_by``, JSON).
 
 Where it runs: as Ray tasks when a Ray cluster is reachable (this process already called
 ``ray.init``, or ``RAY_ADDRESS`` names a cluster), one task per trial with a GPU when the
@@ -16,6 +16,10 @@ cluster has any; otherwise one trial after another in this process. Checkpoints 
 then be reachable from the workers (shared storage, as for the sweep itself). A trial whose
 checkpoint cannot be loaded or certified gets a row with ``status="failed"`` and the error;
 the others go on.
+
+A rerun never loses a good result: a trial's stored row is replaced only when it had failed
+or the new run completed on at least as many examples (``overwrite=True`` replaces it
+anyway); the rows returned say which were written (``written``).
 """
 
 from __future__ import annotations
@@ -36,9 +40,9 @@ from tqdm import tqdm
 
 from analysis.front import pareto_front
 from analysis.loading import find_sweeps, load
-from analysis.recertified import write_recertified
 from trainables.certify.verifiers import VERIFIERS, unknown_verifier
 from trainables.certify_checkpoint import certify_or_attack, load_trained
+from trainables.results import write_recertified
 
 __all__ = ["SPLITS", "Job", "certify_checkpoint", "recertify"]
 
@@ -156,12 +160,16 @@ def recertify(
     time_limit: float = 60.0,
     filesystem: pafs.FileSystem | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> pd.DataFrame:
-    """Re-certify the front members (or ``trial_ids``) of one sweep; returns the rows written.
+    """Re-certify the front members (or ``trial_ids``) of one sweep; returns one row per
+    trial, with ``written`` False where the stored row was kept (see the module docstring).
 
-    ``subset``: the first N examples of the split; ``time_limit``: seconds per sample for
-    complete verifiers. Warns when ``verifier`` is weaker than a trial's own final one.
+    ``subset``: the first N examples of the split (N >= 1); ``time_limit``: seconds per
+    sample for complete verifiers. Warns when ``verifier`` is weaker than a trial's own.
     """
+    if subset is not None and subset < 1:
+        raise ValueError(f"subset must be at least 1 example, got {subset}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if verifier not in VERIFIERS:  # the registry's certificates of the trial's L-inf ball
@@ -200,7 +208,17 @@ def recertify(
     rows = []
     bar = tqdm(results, total=len(jobs), desc=f"{verifier} on {split}", disable=not progress)
     for row in bar:
-        write_recertified(location, row)
+        if row["status"] == "completed" and not row.get("n"):
+            row.update(status="failed", error="no examples were certified (n = 0)")
+        kept = write_recertified(location, row, overwrite=overwrite)
+        row["written"] = kept is None
+        if kept is not None:
+            print(
+                f"kept the stored {verifier}/{split} result of trial {row['trial_id']}"
+                f" ({kept['status']}, n = {kept['n']}); this run: {row['status']},"
+                f" n = {row.get('n')} (--overwrite replaces it)",
+                file=sys.stderr,
+            )
         rows.append(row)
         bar.set_postfix(trial=row["trial_id"], cert_acc=row.get("cert_acc"), refresh=False)
     return pd.DataFrame(rows)

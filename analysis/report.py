@@ -20,21 +20,30 @@ import pandas as pd
 import pyarrow.fs as pafs
 from matplotlib.figure import Figure
 
-from analysis.front import directions_of, finished, hypervolume, objectives_of, pareto_front
+from analysis.front import (
+    directions_of,
+    finished,
+    front_members,
+    hypervolume,
+    objectives_of,
+)
 from analysis.importance import param_importances
-from analysis.loading import SweepLocation, find_sweeps, load, open_location
+from analysis.loading import load
 from analysis.plots import (
     front_figure,
     hypervolume_figure,
     importance_figure,
     learning_curves_figure,
 )
-from analysis.recertified import read_recertified
-from sweeps.results import PARAM_PREFIX
+from trainables.results import (
+    STATUSES,
+    SweepLocation,
+    find_sweeps,
+    open_storage,
+    read_recertified,
+)
 
 __all__ = ["Report", "build_report", "failures_table", "front_table", "markdown_table"]
-
-STATUSES = ("completed", "pruned", "failed", "diverged")
 
 
 @dataclass(frozen=True)
@@ -93,21 +102,10 @@ def front_table(
     directions: Sequence[str] | None = None,
     recertified: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """The front's members: objectives, the search's test metrics and verifier, re-certified
-    accuracies, and every parameter set in some member; best first objective first."""
-    names = objectives_of(trials, objectives)
-    front = trials[pareto_front(trials, names, directions)["on_front"]]
-    tests = [c for c in ("test_clean_acc", "test_cert_acc", "test_verifier") if c in front]
-    params = [c for c in front if c.startswith(PARAM_PREFIX) and front[c].notna().any()]
-    table = front[["trial_id", *names, *tests]]
+    """The front's members (``analysis.front.front_members``) with the re-certified
+    accuracies next to the search's own test numbers."""
     recert = None if recertified is None else _recertified_columns(recertified)
-    if recert is not None:  # next to the search's own test numbers
-        table = table.join(recert, on="trial_id")
-    table = pd.concat(
-        [table, front[params].rename(columns=lambda c: c[len(PARAM_PREFIX) :])], axis=1
-    )
-    descending = directions is None or directions[0] == "maximize"
-    return table.sort_values(names[0], ascending=not descending).reset_index(drop=True)
+    return front_members(trials, objectives, directions, extra=recert)
 
 
 def _why(row: pd.Series) -> str:
@@ -201,7 +199,7 @@ def _output(
 ) -> tuple[pafs.FileSystem, str]:
     if out is None:
         return location.filesystem, f"{location.path}/report"
-    return open_location(out, filesystem)
+    return open_storage(out, filesystem)
 
 
 def build_report(

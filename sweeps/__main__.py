@@ -1,10 +1,13 @@
-"""``python -m sweeps validate FILE`` / ``python -m sweeps run FILE [--storage URI]``.
+"""``python -m sweeps validate FILE`` / ``python -m sweeps run FILE [--storage URI] ...``.
 
 ``validate`` checks everything that does not depend on the machine, and warns about what
 does (data not on this machine). ``run`` validates first (nothing starts on a bad config;
-for a local run, missing data or a device this machine lacks is an error too), starts a
-local Ray unless it runs under ``ray job submit`` or ``RAY_ADDRESS`` names a cluster, and
-resumes the sweep if its results folder already holds one. Bad input: one message, exit 2.
+for a local run, missing data or a device this machine lacks is an error too), checks what
+it can before Ray starts (storage, the sweep's lock, its recorded settings), starts a local
+Ray unless it runs under ``ray job submit`` or ``RAY_ADDRESS`` names a cluster, and resumes
+the sweep if its results folder already holds one (a larger ``--num-trials`` extends it).
+Exit codes: 0 when the sweep has a completed trial, 1 when none completed, 2 when it could
+not start (bad input: one message).
 """
 
 from __future__ import annotations
@@ -22,9 +25,20 @@ def main(argv: list[str] | None = None) -> int:
         command = commands.add_parser(name)
         command.add_argument("config", help=f"sweep YAML (ready ones: {CONFIGS_DIR})")
         command.add_argument("--storage", help="results root (path or URI); overrides the file")
-        command.add_argument("--num-trials", type=int, help="overrides num_trials")
+        command.add_argument(
+            "--num-trials", type=int, help="overrides num_trials (a larger one extends a sweep)"
+        )
     run = commands.choices["run"]
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    run.add_argument(
+        "--fresh", action="store_true", help="remove the sweep's results first (says what)"
+    )
+    run.add_argument("--verbose", action="store_true", help="Ray's and Optuna's own output too")
+    run.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="take over the lock of a driver that died (object-store storage only)",
+    )
     args = parser.parse_args(argv)
     overrides = {}
     if args.storage:
@@ -43,10 +57,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         print(f"{args.config}: valid sweep {sweep.name!r} ({sweep.num_trials} trials)")
         return 0
-    from sweeps.driver import ensure_ray, run_sweep
+    from sweeps.driver import START_ERRORS, run_sweep
 
-    ensure_ray(args.num_cpus)
-    run_sweep(sweep, config_source=args.config)
+    try:
+        outcome = run_sweep(
+            sweep,
+            config_source=args.config,
+            fresh=args.fresh,
+            verbose=args.verbose,
+            num_cpus=args.num_cpus,
+            break_lock=args.break_lock,
+        )
+    except START_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not outcome.completed:
+        print(
+            f"error: no trial of sweep {sweep.name!r} completed ({outcome.trials} ended):"
+            f" see the errors in {outcome.results}/trials",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

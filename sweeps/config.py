@@ -30,6 +30,7 @@ from search_spaces import SearchSpace, SearchSpaceError, load_space
 from sweeps.checks import SweepCheck, complete_point
 from trainables.config import TrainConfig, flatten, load_config, unflatten
 from trainables.config_io import describe_errors, read_yaml_mapping
+from trainables.results import is_trial_metric
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
@@ -56,9 +57,22 @@ class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _reported_metric(name: str) -> str:
+    """Objectives and constraints must name a metric trials report (a typo would make every
+    trial "complete" with a made-up worst value)."""
+    if not is_trial_metric(name):
+        raise ValueError(
+            f"{name!r} is no metric a trial reports (e.g. val_clean_acc, val_cert_acc,"
+            " test_cert_acc, val_pgd_acc, wall_time_s, device_hours, loss)"
+        )
+    return name
+
+
 class Objective(_Group):
     metric: str
     mode: Literal["max", "min"] = "max"
+
+    _known = field_validator("metric")(_reported_metric)
 
 
 class SpaceConfig(_Group):
@@ -92,6 +106,8 @@ class EarlyStopping(_Group):
 class Constraint(_Group):
     metric: str
     min: float
+
+    _known = field_validator("metric")(_reported_metric)
 
 
 class SweepConfig(_Group):

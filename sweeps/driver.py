@@ -1,131 +1,168 @@
-"""Runs (or resumes) one sweep: Ray Tune trials, Optuna's multi-objective search, Parquet out.
+"""Runs (or resumes, or extends) one sweep: Ray Tune trials, Optuna's multi-objective search,
+Parquet out.
 
-The traps of Ray 2.60 / Optuna 5 this handles (see shared/notes/ray-optuna.md): metric and
-mode live only on the searcher (anything in TuneConfig makes the search single-objective);
-every report carries every objective (the trainable fills missing ones); early-stopped trials
-are told to Optuna as PRUNED, not COMPLETE; the scheduler's time is the trial's own ``epoch``;
-relative storage paths are made absolute (``ray job submit`` runs in a temporary copy); an
-existing experiment is restored with ``Tuner.restore(..., resume_errored=True)``, and a trial
-that finished after Tune's last state snapshot (taken at most every 10 s) is replayed from its
-Parquet row instead of running again.
+Before Ray starts, a run checks what it can: a relative storage path under ``ray job
+submit`` is refused (the job's working directory vanishes), the storage must be writable,
+one driver holds the sweep's lock (``sweeps.lock``), the settings must match the ones the
+sweep was started with (``sweeps.state``; a larger ``num_trials`` extends it), damaged
+result files are set aside, and the Optuna study is checked and reconciled with the rows
+(``sweeps.study``). After Ray starts, a sweep whose trials need more than any node has
+fails before the first trial. Each run is a new Tune experiment under ``ray/`` (``<sweep>``,
+then ``<sweep>-2``, ...) with the remaining budget; nothing is restored from Ray's files.
+
+The traps of Ray 2.60 / Optuna 5 handled here: metric and mode live only on the searcher
+(anything in TuneConfig makes the search single-objective); every report carries every
+objective (the trainable fills missing ones); early-stopped trials are told to Optuna as
+PRUNED; the scheduler's time is the trial's own ``epoch``; storage paths are made absolute.
 """
 
 from __future__ import annotations
 
-import math
+import logging
 import os
-import time
-from collections.abc import Mapping
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pandas as pd
+import pyarrow.fs as pafs
 import ray
-from optuna.storages import BaseStorage, JournalStorage
-from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
+from optuna.storages import BaseStorage
 from ray import tune
-from ray.tune.experiment import Trial
-from ray.tune.search.optuna import OptunaSearch
 
-from analysis.pareto import pareto_front
+from search_spaces import SearchSpace
 from sweeps.config import Resources, SweepConfig
-from sweeps.results import ParquetSink, read_trials
+from sweeps.lock import SweepLockedError, driver_lock
+from sweeps.progress import ProgressPrinter, TrialNames, front_text
 from sweeps.schedulers import MultiObjectiveASHA
+from sweeps.sink import ParquetSink, param_types
+from sweeps.state import SweepChangedError, check_or_record, remove_sweep
+from sweeps.study import (
+    OPTUNA_FILES,
+    ParetoOptunaSearch,
+    StudyDamagedError,
+    build_sampler,
+    minimums,
+    open_study,
+    reconcile,
+    repair_journal,
+    study_storage,
+)
 from sweeps.teachers import prepare_teachers
-from trainables.tune import run_trial, worst_value
+from trainables.results import (
+    COMPLETED,
+    DamagedFileWarning,
+    StorageError,
+    SweepLocation,
+    SweepWriter,
+    absolute_storage,
+    full_budget,
+    read_sweep,
+)
+from trainables.results.storage import check_writable, is_uri
+from trainables.tune import run_trial
 
-EXPERIMENT = "ray"  # Ray's own experiment folder inside <storage>/<sweep>/
-REPLAYED = "replayed"  # result key of a finished trial replayed on resume
 DRIVER_CPUS = 1  # a DDP trial's own process: it drives the Ray Train run of its workers
+#: Set in the environment of a ``ray job submit`` entrypoint.
+JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+#: Tune's switch between its new output engine (1) and the legacy one (0, silent at verbose 0).
+TUNE_NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"
+#: Skips the resource check, for autoscaling clusters whose nodes start on demand.
+SKIP_RESOURCE_CHECK = "CERTSWEEP_SKIP_RESOURCE_CHECK"
 
 
-def resolve_storage(storage: str) -> str:
-    """URIs stay as they are; local paths become absolute (job submission changes the cwd)."""
-    if "://" in storage:
-        return storage.rstrip("/")
-    return str(Path(storage).expanduser().resolve())
+class SweepResourcesError(RuntimeError):
+    """The cluster cannot run one trial of the sweep; the message says what it lacks."""
 
 
-class ParetoOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells early-stopped trials as PRUNED and records constraints.
+#: Errors that stop a run before any trial, with a message for the user.
+START_ERRORS = (
+    SweepLockedError,
+    SweepChangedError,
+    StorageError,
+    StudyDamagedError,
+    SweepResourcesError,
+)
 
-    Ray's OptunaSearch tells Optuna the last result of every finished trial as COMPLETE, so
-    a trial stopped after one epoch would enter the front and the sampler with low-budget
-    values. A trial that reports fewer than ``total_epochs`` epochs (and did not diverge) is
-    told as PRUNED. Constraint values (``min - metric``, feasible when <= 0) are stored as the
-    user attribute the samplers' ``constraints_func`` reads.
-    """
 
-    def __init__(self, *args: Any, total_epochs: int, constraints: dict[str, float], **kwargs):
-        super().__init__(*args, **kwargs)
-        self.total_epochs, self.constraints = total_epochs, constraints
+@dataclass(frozen=True)
+class SweepOutcome:
+    """Where the results are, how many trials the sweep has and how many completed."""
 
-    def restore(self, checkpoint_path: str) -> None:
-        """Restore Tune's snapshot of the searcher, then close the study's orphans.
+    results: str
+    trials: int
+    completed: int
 
-        With a durable study, trials asked after the snapshot (before the driver died) stay
-        RUNNING in the storage although no Tune trial will ever finish them: told as FAIL,
-        they no longer count as pending for the sampler or look alive in Optuna's tools.
-        """
-        super().restore(checkpoint_path)
-        known = {trial.number for trial in self._ot_trials.values()}
-        for trial in self._ot_study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
-            if trial.number not in known:
-                self._ot_study.tell(trial.number, state=TrialState.FAIL)
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if result and trial_id in self._ot_trials and self.constraints:
-            values = [low - float(result.get(m, 0.0)) for m, low in self.constraints.items()]
-            self._ot_trials[trial_id].set_user_attr("constraints", values)
-        stopped_early = (
-            result is not None
-            and result.get("status") != "diverged"
-            and int(result.get("epoch", 0)) < self.total_epochs
+def check_job_storage(storage: str) -> None:
+    """Under ``ray job submit`` a relative storage path would point into the job's
+    temporary working directory: refuse it, naming the key."""
+    if (
+        JOB_ENV in os.environ
+        and not is_uri(storage)
+        and not Path(storage).expanduser().is_absolute()
+    ):
+        raise StorageError(
+            f"storage {storage!r} (key 'storage' or --storage) is relative: under ray job"
+            " submit it would land in the job's temporary working directory and vanish;"
+            " give an absolute path on a filesystem every node shares, or a URI (s3://...)"
         )
-        super().on_trial_complete(trial_id, None if stopped_early else result, error)
 
 
-OPTUNA_FILES = {"journal": "optuna.journal", "sqlite": "optuna.sqlite3"}
+def trial_resources(per: Resources) -> dict[str, float]:
+    """What Tune reserves for a trial: its worker's, or a DDP trial's Train driver's alone.
 
-
-def optuna_storage(sweep: SweepConfig, results: str, restoring: bool) -> BaseStorage | None:
-    """The durable study under the sweep's folder, or None (in memory, pickled by Tune).
-
-    Only a fresh sweep creates one; a resumed sweep's searcher brings its own. A file left
-    by a sweep that died before Tune's first snapshot would mix two searches in one study:
-    refuse, naming it, rather than append to it or delete it.
+    A DDP trial's workers live in Ray Train's own placement group, unseen by Tune; its driver
+    only waits on them, and must hold no GPU.
     """
-    if sweep.optuna_storage == "none" or restoring:
-        return None
-    path = Path(results.removeprefix("file://")) / OPTUNA_FILES[sweep.optuna_storage]
-    if path.exists():
-        raise FileExistsError(
-            f"{path} holds an Optuna study but {results} has no Tune experiment to resume:"
-            " move the file away (or delete it) to start the sweep afresh"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if sweep.optuna_storage == "sqlite":
-        return optuna.storages.RDBStorage(f"sqlite:///{path}")
-    return JournalStorage(JournalFileBackend(str(path)))
+    if per.workers > 1:
+        return {"cpu": DRIVER_CPUS, "gpu": 0}
+    return {"cpu": per.cpus_per_worker, "gpu": per.gpus_per_worker}
 
 
-def constraint_values(trial: optuna.trial.FrozenTrial) -> list[float]:
-    return trial.user_attrs.get("constraints", [0.0])
+def check_resources(sweep: SweepConfig) -> None:
+    """Fail before any trial when no node can hold one worker of a trial, or the cluster
+    cannot hold a whole trial (``SweepResourcesError`` says what was asked and what is
+    there). ``$CERTSWEEP_SKIP_RESOURCE_CHECK`` skips it (autoscaling clusters)."""
+    if os.environ.get(SKIP_RESOURCE_CHECK):
+        return
+    per = sweep.resources
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    fits = any(
+        node.get("CPU", 0) >= per.cpus_per_worker and node.get("GPU", 0) >= per.gpus_per_worker
+        for node in nodes
+    )
+    total = ray.cluster_resources()
+    need_cpu = per.cpus_per_worker * per.workers + (DRIVER_CPUS if per.workers > 1 else 0)
+    need_gpu = per.gpus_per_worker * per.workers
+    if fits and total.get("CPU", 0) >= need_cpu and total.get("GPU", 0) >= need_gpu:
+        return
+    largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+    raise SweepResourcesError(
+        f"each trial asks for {per.workers} worker(s) of {per.cpus_per_worker:g} CPU(s) and"
+        f" {per.gpus_per_worker:g} GPU(s) (key 'resources'; {need_cpu:g} CPUs and"
+        f" {need_gpu:g} GPUs in all), but the cluster has {len(nodes)} node(s) with"
+        f" {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs in all (the largest"
+        f" node: {largest.get('CPU', 0):g} CPUs, {largest.get('GPU', 0):g} GPUs): no trial"
+        f" could start. On an autoscaling cluster set {SKIP_RESOURCE_CHECK}=1."
+    )
 
 
-def build_sampler(sweep: SweepConfig) -> optuna.samplers.BaseSampler:
-    seed = sweep.sampler.seed
-    constraints = constraint_values if sweep.constraints else None
-    name = sweep.sampler.name
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints)
-    return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints)
+def max_concurrent(sweep: SweepConfig) -> int:
+    """Trials that fit at once: CPUs // CPUs per trial and, with GPUs, GPUs // GPUs per trial.
+
+    Tune cannot do this itself for DDP trials (it sees only their drivers): too many trials
+    would start drivers whose workers then never get their resources.
+    """
+    if sweep.max_concurrent is not None:
+        return sweep.max_concurrent
+    resources, per = ray.cluster_resources(), sweep.resources
+    trial_cpus = per.cpus_per_worker * per.workers + (DRIVER_CPUS if per.workers > 1 else 0)
+    fits = resources.get("CPU", 1) // trial_cpus
+    if per.gpus_per_worker > 0:
+        fits = min(fits, resources.get("GPU", 0) // (per.gpus_per_worker * per.workers))
+    return max(1, int(fits))
 
 
 def build_scheduler(sweep: SweepConfig, total_epochs: int):
@@ -153,133 +190,130 @@ def build_scheduler(sweep: SweepConfig, total_epochs: int):
     return None
 
 
-def trial_resources(per: Resources) -> dict[str, float]:
-    """What Tune reserves for a trial: its worker's, or a DDP trial's Train driver's alone.
-
-    A DDP trial's workers live in Ray Train's own placement group, unseen by Tune; its driver
-    only waits on them, and must hold no GPU.
-    """
-    if per.workers > 1:
-        return {"cpu": DRIVER_CPUS, "gpu": 0}
-    return {"cpu": per.cpus_per_worker, "gpu": per.gpus_per_worker}
+def directions(sweep: SweepConfig) -> list[str]:
+    """The objectives' modes as Optuna and the analysis name them."""
+    return [{"max": "maximize", "min": "minimize"}[o.mode] for o in sweep.objectives]
 
 
-def max_concurrent(sweep: SweepConfig) -> int:
-    """Trials that fit at once: CPUs // CPUs per trial and, with GPUs, GPUs // GPUs per trial.
-
-    Tune cannot do this itself for DDP trials (it sees only their drivers): too many trials
-    would start drivers whose workers then never get their resources.
-    """
-    if sweep.max_concurrent is not None:
-        return sweep.max_concurrent
-    resources, per = ray.cluster_resources(), sweep.resources
-    trial_cpus = per.cpus_per_worker * per.workers + (DRIVER_CPUS if per.workers > 1 else 0)
-    fits = resources.get("CPU", 1) // trial_cpus
-    if per.gpus_per_worker > 0:
-        fits = min(fits, resources.get("GPU", 0) // (per.gpus_per_worker * per.workers))
-    return max(1, int(fits))
+def _experiment_name(sweep: SweepConfig, location: SweepLocation) -> tuple[int, str]:
+    """This run's number and its Tune experiment's name (``<sweep>``, ``<sweep>-2``, ...)."""
+    runs = 1
+    if location.exists("ray"):
+        infos = location.filesystem.get_file_info(pafs.FileSelector(f"{location.path}/ray"))
+        runs += sum(info.type == pafs.FileType.Directory for info in infos)
+    return runs, sweep.name if runs == 1 else f"{sweep.name}-{runs}"
 
 
-class FrontPrinter(tune.Callback):
-    """Prints the current Pareto front of finished trials every ``every_s`` seconds."""
-
-    def __init__(self, storage: str, sweep: SweepConfig) -> None:
-        self.storage, self.sweep, self.every_s = storage, sweep, sweep.report_every_s
-        self.last = time.monotonic()
-
-    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        if time.monotonic() - self.last >= self.every_s:
-            self.last = time.monotonic()
-            print(front_table(self.storage, self.sweep), flush=True)
-
-
-def front_table(storage: str, sweep: SweepConfig, top: int = 10) -> str:
-    """The Pareto front of the completed trials as a text table."""
-    trials = read_trials(storage, sweep.name)
-    if trials.empty:
-        return "no finished trials yet"
-    done = trials[trials["status"] == "completed"]
-    objectives = [o.metric for o in sweep.objectives]
-    directions = ["maximize" if o.mode == "max" else "minimize" for o in sweep.objectives]
-    if done.empty:
-        return f"{len(trials)} trial(s) finished, none completed"
-    front = done[pareto_front(done, objectives, directions)["on_front"]]
-    params = [c for c in front.columns if c.startswith("param.") and front[c].notna().any()]
-    tests = [c for c in ("test_clean_acc", "test_cert_acc") if c in front.columns]
-    shown = front[["trial_id", *objectives, *tests, *params]].sort_values(objectives[0])
-    counts = trials["status"].value_counts().to_dict()
-    header = f"Pareto front ({len(front)} of {len(trials)} trials; {counts}):"
-    with pd.option_context("display.width", 200, "display.max_columns", 30):
-        return f"{header}\n{shown.head(top).to_string(index=False, float_format='%.4f')}"
-
-
-def finished_results(storage: str, sweep: SweepConfig) -> dict[str, dict[str, Any]]:
-    """Trial id -> the result to replay, for every trial with a finished (not failed) row.
-
-    Tune snapshots its experiment state at most every 10 s, so after a killed driver a trial
-    whose row was written after the last snapshot comes back unfinished and would run again
-    (and rewrite its row). Its row is the record of how it ended: a restored sweep replays
-    it to Tune and Optuna instead, with the objectives and constraint metrics, the epochs run
-    (fewer than the budget: told as pruned) and the status.
-    """
-    trials = read_trials(storage, sweep.name)
-    modes = {o.metric: o.mode for o in sweep.objectives}
-    modes.update({c.metric: "max" for c in sweep.constraints if c.metric not in modes})
-    replays = {}
-    for row in trials[trials["status"] != "failed"].to_dict("records"):
-        values = {m: float(row.get(m, math.nan)) for m in modes}
-        values = {m: v if math.isfinite(v) else worst_value(modes[m]) for m, v in values.items()}
-        signed = [values[o.metric] * (1 if o.mode == "max" else -1) for o in sweep.objectives]
-        replays[row["trial_id"]] = {
-            **values,
-            "score": sum(signed) / len(signed),  # as the trainable reports it, for ASHA
-            "epoch": int(row["epochs_run"]),
-            "status": row["status"],
-            REPLAYED: True,
-        }
-    return replays
-
-
-def replay_or_run(params: dict[str, Any], *, finished: dict[str, dict], **kwargs: Any) -> None:
-    """The trial function: replays a finished trial's recorded end, else runs the trial."""
-    replay = finished.get(tune.get_context().get_trial_id())
-    if replay is None:
-        run_trial(params, **kwargs)
+def _prepare_study(
+    sweep: SweepConfig, space: SearchSpace, results: str, rows: pd.DataFrame
+) -> BaseStorage:
+    """The study's storage, checked (a journal repaired) and reconciled with the rows."""
+    if sweep.optuna_storage == "none":
+        where = "memory"
     else:
-        tune.report(replay)
+        where = f"{results}/{OPTUNA_FILES[sweep.optuna_storage]}"
+    if sweep.optuna_storage == "journal":
+        repaired = repair_journal(Path(where.removeprefix("file://")))
+        if repaired:
+            print(f"repaired the Optuna journal: {repaired}", flush=True)
+    storage = study_storage(sweep, results)
+    done = reconcile(open_study(sweep, storage, where), rows, space, sweep)
+    if done.added or done.told or done.rerun:
+        print(
+            f"study in {where}: {done.added} trial(s) added from the Parquet rows, {done.told}"
+            f" told their end, {done.rerun} cut-off trial(s) queued to run again",
+            flush=True,
+        )
+    return storage
 
 
-class ResumableParquetSink(ParquetSink):
-    """Leaves a replayed trial's files as they are: they are the record that was replayed."""
-
-    def write(
-        self,
-        trial: Trial,
-        status: str,
-        error: str | None,
-        history: Mapping[int, Mapping[str, Any]],
-    ) -> None:
-        if (trial.last_result or {}).get(REPLAYED):
-            self._seen.pop(trial.trial_id, None)
-        else:
-            super().write(trial, status, error, history)
-
-
-def run_sweep(sweep: SweepConfig, *, config_source: str = "") -> str:
-    """Run or resume ``sweep``; returns the results location ``<storage>/<sweep>``."""
-    storage = resolve_storage(sweep.storage)
+def run_sweep(
+    sweep: SweepConfig,
+    *,
+    config_source: str = "",
+    fresh: bool = False,
+    verbose: bool = False,
+    num_cpus: int | None = None,
+    break_lock: bool = False,
+) -> SweepOutcome:
+    """Run, resume or extend ``sweep`` (see the module docstring); ``START_ERRORS`` stop it
+    before any trial. ``fresh`` first removes the sweep's results (and says what)."""
+    check_job_storage(sweep.storage)
+    storage = absolute_storage(sweep.storage)
+    check_writable(storage, sweep.name)
+    location = SweepLocation.of(storage, sweep.name)
     results = f"{storage}/{sweep.name}"
-    training = sweep.training_config()
     space = sweep.search_space(config_source or "the sweep config")
+    if not verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with driver_lock(storage, sweep.name, break_lock=break_lock):
+        if fresh:
+            removed = remove_sweep(location)
+            print(f"--fresh: removed from {results}: {', '.join(removed) or 'nothing'}", flush=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DamagedFileWarning)  # said below
+            found = read_sweep(location, set_aside_damaged=True)
+        for path in found.damaged:
+            lost = "its trial runs again" if "/trials/" in path else "its epoch rows are lost"
+            print(f"set aside a damaged results file: {path} ({lost})", flush=True)
+        rows = found.trials
+        resuming = check_or_record(location, sweep, space, len(rows), code_version())
+        remaining = sweep.num_trials - len(rows)
+        if resuming:
+            print(
+                f"resuming sweep {sweep.name!r}: {len(rows)} of {sweep.num_trials} trials"
+                f" finished, {max(remaining, 0)} to run",
+                flush=True,
+            )
+        optuna_store = _prepare_study(sweep, space, results, rows)
+        if remaining > 0:
+            _run_trials(sweep, space, location, rows, optuna_store, remaining, verbose, num_cpus)
+        trials = read_sweep(location, epochs=False).trials
+    completed = int((trials["status"] == COMPLETED).sum())
+    print(front_text(trials, [o.metric for o in sweep.objectives], directions(sweep)), flush=True)
+    print(f"results (Parquet): {results}/trials and {results}/epochs", flush=True)
+    if completed and (remaining > 0 or not location.exists("report/index.html")):
+        write_report(results, sweep)
+    elif completed:
+        print(f"report: {results}/report/index.html (nothing new to report)", flush=True)
+    return SweepOutcome(results, len(trials), completed)
+
+
+def _run_trials(
+    sweep: SweepConfig,
+    space: SearchSpace,
+    location: SweepLocation,
+    rows: pd.DataFrame,
+    storage: BaseStorage,
+    remaining: int,
+    verbose: bool,
+    num_cpus: int | None,
+) -> None:
+    """Start (or join) Ray, run the teacher stage, then ``remaining`` trials."""
+    results = location.uri
+    ensure_ray(num_cpus, verbose=verbose)
+    check_resources(sweep)
+    prepare_teachers(sweep, space)
+    training = sweep.training_config()
     objectives = {o.metric: o.mode for o in sweep.objectives}
     per = sweep.resources
-    experiment = f"{results}/{EXPERIMENT}"
-    restoring = tune.Tuner.can_restore(experiment)
-    prepare_teachers(sweep, space)
+    run, experiment = _experiment_name(sweep, location)
+    names = TrialNames(sweep.name, experiment, searcher=None)
+    searcher = ParetoOptunaSearch(
+        space=space.define_by_run(),
+        metric=list(objectives),
+        mode=list(objectives.values()),
+        sampler=build_sampler(sweep, run),
+        study_name=sweep.name,
+        storage=storage,
+        total_epochs=training.epochs,
+        constraints=minimums(sweep),
+        folder_of=names.folder,
+    )
+    names.searcher = searcher
     trainable = tune.with_resources(
         tune.with_parameters(
-            replay_or_run,
-            finished=finished_results(storage, sweep) if restoring else {},
+            run_trial,
             training=sweep.training,
             objectives=objectives,
             results_uri=results,
@@ -287,64 +321,62 @@ def run_sweep(sweep: SweepConfig, *, config_source: str = "") -> str:
             workers=per.workers,
             cpus_per_worker=per.cpus_per_worker,
             gpus_per_worker=per.gpus_per_worker,
+            verbose=verbose,
         ),
         trial_resources(per),
     )
-    sink = ResumableParquetSink(
-        storage,
+    writer = SweepWriter(
+        location.uri.rpartition("/")[0],
         sweep.name,
-        space,
-        training.epochs,
-        list(objectives),
-        code_version(),
+        param_types=param_types(space),
+        total_epochs=training.epochs,
+        objectives=list(objectives),
+        code_version=code_version(),
         directions=directions(sweep),
     )
-    callbacks = [sink, FrontPrinter(storage, sweep)]
-    if restoring:
-        print(f"resuming sweep {sweep.name!r} from {experiment}", flush=True)
-        tuner = tune.Tuner.restore(
-            experiment, trainable=trainable, resume_errored=True, restart_errored=False
-        )
-    else:
-        searcher = ParetoOptunaSearch(
-            space=space.define_by_run(),
-            metric=list(objectives),
-            mode=list(objectives.values()),
-            sampler=build_sampler(sweep),
-            study_name=sweep.name,
-            storage=optuna_storage(sweep, results, restoring),
-            total_epochs=training.epochs,
-            constraints={c.metric: c.min for c in sweep.constraints},
-        )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=build_scheduler(sweep, training.epochs),
-                num_samples=sweep.num_trials,
-                max_concurrent_trials=max_concurrent(sweep),
-                # A new actor per trial costs seconds (a process importing torch and the
-                # project); trials of one sweep share their resources, so reuse them.
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=EXPERIMENT,
-                storage_path=results,
-                callbacks=callbacks,
-                failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-                verbose=1,
-            ),
-        )
+    sink = ParquetSink(writer)
+    earlier = rows[full_budget(rows)] if len(rows) else rows
+    printer = ProgressPrinter(
+        names,
+        objectives,
+        total_trials=sweep.num_trials,
+        total_epochs=training.epochs,
+        every_s=sweep.report_every_s,
+        sink=sink,
+        previous=earlier[list(objectives)].dropna().values.tolist() if len(earlier) else [],
+        done=len(rows),
+    )
+    print(f"running {remaining} trial(s) as Tune experiment {experiment!r}", flush=True)
+    if not verbose:  # Tune's new output engine prints its banner even when silent
+        os.environ[TUNE_NEW_OUTPUT] = "0"
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=build_scheduler(sweep, training.epochs),
+            num_samples=remaining,
+            max_concurrent_trials=max_concurrent(sweep),
+            # A new actor per trial costs seconds (a process importing torch and the
+            # project); trials of one sweep share their resources, so reuse them.
+            reuse_actors=True,
+            trial_name_creator=names.name,
+            trial_dirname_creator=names.name,
+        ),
+        run_config=tune.RunConfig(
+            name=experiment,
+            storage_path=f"{results}/ray",
+            callbacks=sweep_callbacks(sink, printer),
+            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            verbose=2 if verbose else 0,
+        ),
+    )
     tuner.fit()
-    print(front_table(storage, sweep), flush=True)
-    print(f"results (Parquet): {results}/trials and {results}/epochs", flush=True)
-    write_report(results, sweep)
-    return results
 
 
-def directions(sweep: SweepConfig) -> list[str]:
-    """The objectives' modes as Optuna and the analysis name them."""
-    return [{"max": "maximize", "min": "minimize"}[o.mode] for o in sweep.objectives]
+def sweep_callbacks(sink: ParquetSink, printer: ProgressPrinter) -> list[tune.Callback]:
+    """The driver's Tune callbacks, in order: the Parquet rows first (the printer reads the
+    status they record); experiment-tracker loggers would join this list."""
+    return [sink, printer]
 
 
 def write_report(results: str, sweep: SweepConfig) -> None:
@@ -377,11 +409,22 @@ def code_version() -> str:
     return f"{version('certsweep')}+{commit}" if commit else version("certsweep")
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster named by RAY_ADDRESS (or ray job submit), else start a local one."""
+#: Ray's switch that makes a local cluster use the loopback address (its default on macOS
+#: and Windows): read by ``ray._private.services.get_node_ip_address`` at each call.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def ensure_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
+    """Join the cluster named by RAY_ADDRESS (or ray job submit), else start a local one
+    that listens on the loopback address only (GCS, raylet, workers, agents)."""
     if ray.is_initialized():
         return
+    level = logging.INFO if verbose else logging.WARNING
     if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+        ray.init(logging_level=level)
+        return
+    os.environ[LOOPBACK_ENV] = "0"  # for the processes the local cluster starts
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # for this one, which imported Ray already
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=level)

@@ -19,9 +19,9 @@ import ray
 from search_spaces import CategoricalParam, SearchSpace
 from sweeps.config import SweepConfig
 from trainables.config import TrainConfig
-from trainables.teachers.cache import ensure_teacher
 from trainables.teachers.registry import INHERITED_KEYS, resolve_teacher
-from trainables.training.callbacks import Callback, RunInfo
+from trainables.training.callbacks import RunInfo, TrainingCallback
+from trainables.training.teacher_cache import ensure_teacher
 
 TEACHER_KEY = "teacher.name"
 
@@ -74,7 +74,7 @@ def _ensure_teacher(config: TrainConfig, name: str) -> str | None:
     return None if path is None else str(path)
 
 
-class _EpochLines(Callback):
+class _EpochLines(TrainingCallback):
     """One line per teacher epoch: a Ray task's output reaches the driver line by line."""
 
     def __init__(self, name: str) -> None:

@@ -1,4 +1,4 @@
-"""Synthetic sweeps for the analysis tests, written by the real ``sweeps.results.ParquetSink``.
+"""Synthetic sweeps for the analysis tests, written by the real ``trainables.results.SweepWriter``.
 
 Objective values lie on a coarse grid (ties and duplicates on purpose); trials end completed,
 pruned (fewer epochs), failed (an error file) or diverged; ``method.sabr_lambda`` is active
@@ -8,8 +8,6 @@ pre-release layout (``analysis.loading``'s schema version 0).
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,35 +16,19 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from search_spaces import SearchSpace
-from sweeps.results import ParquetSink
+from trainables.results import SweepWriter
 
 EPOCHS = 3
 OBJECTIVES = ["val_clean_acc", "val_cert_acc"]
-SPACE = SearchSpace(
-    name="synthetic",
-    parameters={
-        "method.name": {"type": "categorical", "choices": ["ibp", "cc-ibp", "sabr"]},
-        "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
-        "model.width": {"type": "int", "low": 16, "high": 128},
-        "method.sabr_lambda": {
-            "type": "float",
-            "low": 0.0,
-            "high": 1.0,
-            "when": {"method.name": "sabr"},
-        },
-    },
-)
-
-
-@dataclass
-class FakeTrial:
-    """What the sink's Tune hooks read from ``ray.tune.experiment.Trial``."""
-
-    trial_id: str
-    config: dict[str, Any]
-    last_result: dict[str, Any] = field(default_factory=dict)
-    error_file: str | None = None
+#: The parameters' column types, as the sweep driver maps its search space: ``method.name``
+#: (categorical), ``optim.lr`` (log float), ``model.width`` (int), and ``method.sabr_lambda``,
+#: active only for ``method.name == "sabr"``.
+PARAM_TYPES = {
+    "method.name": pa.string(),
+    "optim.lr": pa.float64(),
+    "model.width": pa.int64(),
+    "method.sabr_lambda": pa.float64(),
+}
 
 
 def _epoch(epoch: int, clean: float, cert: float) -> dict[str, Any]:
@@ -67,7 +49,6 @@ def write_sweep(
     n: int = 24,
     seed: int = 0,
     filesystem: pafs.FileSystem | None = None,
-    error_dir: Path | None = None,
     statuses: tuple[str, ...] = ("completed", "completed", "completed", "pruned", "failed"),
     checkpoint_uri: str = "/nowhere/checkpoint.pt",
     constant_cert: float | None = None,
@@ -79,8 +60,16 @@ def write_sweep(
     gives every trial that certified accuracy (as short sweeps that certify nothing do).
     """
     rng = np.random.default_rng(seed)
-    options = {"directions": directions, "filesystem": filesystem}
-    sink = ParquetSink(storage, name, SPACE, EPOCHS, OBJECTIVES, "test", **options)
+    writer = SweepWriter(
+        storage,
+        name,
+        param_types=PARAM_TYPES,
+        total_epochs=EPOCHS,
+        objectives=OBJECTIVES,
+        code_version="test",
+        directions=directions,
+        filesystem=filesystem,
+    )
     written = {}
     for i in range(n):
         method = ["ibp", "cc-ibp", "sabr"][i % 3]
@@ -91,35 +80,36 @@ def write_sweep(
         }
         if method == "sabr":
             config["method.sabr_lambda"] = float(rng.uniform())
-        trial = FakeTrial(f"t{i:03d}", config)
+        trial_id = f"t{i:03d}"
         status = "diverged" if i % 7 == 6 else statuses[int(rng.integers(len(statuses)))]
         clean, cert = rng.integers(0, 5, size=2) / 4  # a coarse grid: ties and duplicates
         cert = cert if constant_cert is None else constant_cert
         epochs = 1 if status == "pruned" else EPOCHS
-        history = [_epoch(e, clean, cert) for e in range(1, epochs + 1)]
-        for result in history:
-            trial.last_result = result
-            sink.on_trial_result(0, [trial], trial, result)
+        history = {e: _epoch(e, clean, cert) for e in range(1, epochs + 1)}
+        last = dict(history[epochs])
+        error = None
         if status == "failed":
-            assert error_dir is not None, "failed trials need an error_dir for their error file"
-            error_file = error_dir / f"{trial.trial_id}.txt"
-            error_file.write_text(f"Traceback ...\nRuntimeError: CUDA out of memory ({i})")
-            trial.error_file = str(error_file)
-            sink.on_trial_error(0, [trial], trial)
-        else:
-            trial.last_result = {**history[-1], "history_json": json.dumps(history)}
-            if status == "diverged":
-                trial.last_result.update(status="diverged", nan_reason="loss is nan in epoch 3")
-            elif status == "completed":
-                trial.last_result.update(
-                    test_clean_acc=clean * 0.95,
-                    test_cert_acc=cert * 0.9,
-                    test_verifier="crown-ibp",
-                    checkpoint_uri=checkpoint_uri,
-                    seed=i,
-                )
-            sink.on_trial_complete(0, [trial], trial)
-        written[trial.trial_id] = status
+            error = f"Traceback ...\nRuntimeError: CUDA out of memory ({i})"
+        elif status == "diverged":
+            last.update(status="diverged", nan_reason="loss is nan in epoch 3")
+        elif status == "completed":
+            last.update(
+                status="completed",
+                test_clean_acc=clean * 0.95,
+                test_cert_acc=cert * 0.9,
+                test_verifier="crown-ibp",
+                checkpoint_uri=checkpoint_uri,
+                seed=i,
+            )
+        written[trial_id] = writer.write(
+            trial_id,
+            config=config,
+            last=last,
+            history=history,
+            errored=status == "failed",
+            error=error,
+        )
+        assert written[trial_id] == status
     return written
 
 

@@ -88,7 +88,7 @@ def test_front_and_hypervolume_match_pymoo(m: int, seed: int) -> None:
 def test_defaults_on_a_written_sweep(tmp_path: Path) -> None:
     """Default objectives come from the files, default reference is (0, 0), and the progress
     curve runs in the order trials ended and ends at the hypervolume."""
-    write_sweep(str(tmp_path / "store"), "a", n=40, error_dir=tmp_path)
+    write_sweep(str(tmp_path / "store"), "a", n=40)
     trials = load(str(tmp_path / "store" / "a"))
     done = trials[(trials.status == "completed") & (trials.epochs_run == trials.total_epochs)]
     points = done[["val_clean_acc", "val_cert_acc"]].to_numpy()
@@ -105,8 +105,8 @@ def test_defaults_on_a_written_sweep(tmp_path: Path) -> None:
 
 def test_compare_side_by_side(tmp_path: Path) -> None:
     store = tmp_path / "store"
-    write_sweep(str(store), "with_kd", error_dir=tmp_path)
-    write_sweep(str(store), "without_kd", seed=3, error_dir=tmp_path)
+    write_sweep(str(store), "with_kd")
+    write_sweep(str(store), "without_kd", seed=3)
     a, b = load(str(store / "with_kd")), load(str(store / "without_kd"))
     result = compare(str(store / "with_kd"), b)
     assert result.summary.index.tolist() == ["with_kd", "without_kd"]
@@ -127,7 +127,7 @@ def test_compare_side_by_side(tmp_path: Path) -> None:
 
 def test_the_sweeps_recorded_directions_are_the_default(tmp_path) -> None:
     modes = ["maximize", "minimize"]
-    write_sweep(str(tmp_path), "mixed", error_dir=tmp_path, directions=modes)
+    write_sweep(str(tmp_path), "mixed", directions=modes)
     trials = load(str(tmp_path / "mixed"))
     assert trials.attrs["directions"] == modes
     names = trials.attrs["objectives"]

@@ -18,8 +18,8 @@ from analysis import SchemaVersionError, SweepNotFoundError, load
 
 @pytest.fixture
 def storage(tmp_path: Path) -> Path:
-    write_sweep(str(tmp_path / "store"), "a", error_dir=tmp_path)
-    write_sweep(str(tmp_path / "store"), "b", seed=1, n=10, error_dir=tmp_path)
+    write_sweep(str(tmp_path / "store"), "a")
+    write_sweep(str(tmp_path / "store"), "b", seed=1, n=10)
     return tmp_path / "store"
 
 

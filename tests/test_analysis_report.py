@@ -29,7 +29,7 @@ from analysis import (
 from analysis.__main__ import main
 from analysis.importance import study_from_trials
 from analysis.loading import find_sweeps
-from analysis.recertified import read_recertified, write_recertified
+from trainables.results import read_recertified, write_recertified
 
 PNG = b"\x89PNG\r\n\x1a\n"
 VOID = {"meta", "img", "br", "hr", "link", "input"}
@@ -74,7 +74,7 @@ def check_page(text: str) -> PageChecker:
 
 @pytest.fixture
 def sweep(tmp_path: Path) -> str:
-    write_sweep(str(tmp_path / "store"), "demo", n=30, error_dir=tmp_path)
+    write_sweep(str(tmp_path / "store"), "demo", n=30)
     return str(tmp_path / "store" / "demo")
 
 
@@ -167,7 +167,7 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_report_without_finished_trials(tmp_path: Path) -> None:
-    write_sweep(str(tmp_path / "s"), "bad", n=5, error_dir=tmp_path, statuses=("failed",))
+    write_sweep(str(tmp_path / "s"), "bad", n=5, statuses=("failed",))
     report = build_report(str(tmp_path / "s" / "bad"))
     assert "no full-budget completed trials yet" in report.markdown
     check_page(Path(report.html_path).read_text())
@@ -176,7 +176,7 @@ def test_report_without_finished_trials(tmp_path: Path) -> None:
 def test_report_when_an_objective_never_varies(tmp_path: Path) -> None:
     """Short sweeps often certify nothing: fANOVA cannot split zero variance; the report
     still comes out, with no importance for that objective."""
-    write_sweep(str(tmp_path / "s"), "flat", error_dir=tmp_path, constant_cert=0.0)
+    write_sweep(str(tmp_path / "s"), "flat", constant_cert=0.0)
     table = param_importances(load(str(tmp_path / "s" / "flat")))
     assert (table["val_cert_acc"] == 0).all() and np.isclose(table["val_clean_acc"].sum(), 1)
     report = build_report(str(tmp_path / "s" / "flat"))

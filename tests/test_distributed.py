@@ -35,7 +35,7 @@ import torch.multiprocessing as mp
 from training_helpers import digits_config
 
 from trainables.config import load_config
-from trainables.training.callbacks import Callback, RunInfo
+from trainables.training.callbacks import RunInfo, TrainingCallback
 from trainables.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from trainables.training.loop import train
 
@@ -77,7 +77,7 @@ BATCHNORM = {
 }
 
 
-class _Record(Callback):
+class _Record(TrainingCallback):
     def __init__(self) -> None:
         self.info: RunInfo | None = None
         self.batches = 0

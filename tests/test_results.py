@@ -1,8 +1,9 @@
 """The sweep's Parquet results: statuses, typed columns, atomic writes, readers, filesystems.
 
-The Tune hooks are driven with stand-in trials carrying the attributes ``ParquetSink`` reads
-from ``ray.tune.experiment.Trial`` (``trial_id``, ``config``, ``last_result``,
-``error_file``); one test runs the sink inside a real ``tune.Tuner``.
+The results contract is ``trainables.results``; the sweep's Tune callback
+(``sweeps.sink.ParquetSink``) feeds it. Its hooks are driven with stand-in trials carrying
+the attributes the sink reads from ``ray.tune.experiment.Trial`` (``trial_id``, ``config``,
+``last_result``, ``error_file``); one test runs the sink inside a real ``tune.Tuner``.
 """
 
 from __future__ import annotations
@@ -22,14 +23,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from search_spaces import SearchSpace
-from sweeps import results
-from sweeps.results import (
-    SCHEMA_VERSION,
-    ParquetSink,
-    completed_trial_ids,
-    read_epochs,
-    read_trials,
-)
+from sweeps.sink import ParquetSink, param_types
+from trainables.results import SCHEMA_VERSION, SweepWriter, read_epochs, read_trials, storage
+from trainables.results.writing import ERROR_CHARS
 
 SWEEP = "demo"
 EPOCHS = 3
@@ -129,21 +125,38 @@ def complete(sink: ParquetSink, trial: FakeTrial) -> None:
     sink.on_trial_complete(iteration=0, trials=[trial], trial=trial)
 
 
-def make_sink(storage: str, **kwargs: Any) -> ParquetSink:
-    return ParquetSink(storage, SWEEP, SPACE, EPOCHS, ["val_cert_acc", "score"], "v1", **kwargs)
+def make_writer(where: str, **kwargs: Any) -> SweepWriter:
+    return SweepWriter(
+        where,
+        SWEEP,
+        param_types=param_types(SPACE),
+        total_epochs=EPOCHS,
+        objectives=["val_cert_acc", "score"],
+        code_version="v1",
+        **kwargs,
+    )
+
+
+def make_sink(where: str, **kwargs: Any) -> ParquetSink:
+    return ParquetSink(make_writer(where, **kwargs))
 
 
 @pytest.fixture
-def storage(tmp_path: Path) -> str:
+def store(tmp_path: Path) -> str:
     return str(tmp_path / "results")
 
 
-def by_id(storage: str) -> dict[str, dict[str, Any]]:
-    return {row["trial_id"]: row for row in read_trials(storage, SWEEP).to_dict("records")}
+def by_id(where: str) -> dict[str, dict[str, Any]]:
+    return {row["trial_id"]: row for row in read_trials(where, SWEEP).to_dict("records")}
 
 
-def test_statuses_metrics_and_errors(storage: str, tmp_path: Path) -> None:
-    sink = make_sink(storage)
+def completed_ids(where: str, **kwargs: Any) -> set[str]:
+    rows = read_trials(where, SWEEP, **kwargs)
+    return set(rows.loc[rows["status"] == "completed", "trial_id"])
+
+
+def test_statuses_metrics_and_errors(store: str, tmp_path: Path) -> None:
+    sink = make_sink(store)
     done = FakeTrial("t_done")
     run(sink, done, EPOCHS)
     history = [epoch_result(e) for e in range(1, EPOCHS + 1)]
@@ -168,7 +181,7 @@ def test_statuses_metrics_and_errors(storage: str, tmp_path: Path) -> None:
     no_file = FakeTrial("t_nofile")
     sink.on_trial_error(iteration=0, trials=[no_file], trial=no_file)
 
-    rows = by_id(storage)
+    rows = by_id(store)
     assert {tid: row["status"] for tid, row in rows.items()} == {
         "t_done": "completed",
         "t_div": "diverged",
@@ -198,15 +211,15 @@ def test_statuses_metrics_and_errors(storage: str, tmp_path: Path) -> None:
     assert rows["t_pruned"]["wall_time_s"] == 7.5  # Ray's time_total_s as the fallback
     assert math.isnan(rows["t_pruned"]["test_cert_acc"])
     error = rows["t_failed"]["error"]
-    assert len(error) == results.ERROR_CHARS
+    assert len(error) == ERROR_CHARS
     assert error.endswith("ValueError: boom")
     assert "\x1b" not in rows["t_failed"]["error"]
     assert rows["t_failed"]["epochs_run"] == 2
     assert "no error file" in rows["t_nofile"]["error"]
     assert rows["t_nofile"]["epochs_run"] == 0
-    assert completed_trial_ids(storage, SWEEP) == {"t_done"}
+    assert completed_ids(store) == {"t_done"}
 
-    epochs = read_epochs(storage, SWEEP)
+    epochs = read_epochs(store, SWEEP)
     assert epochs.groupby("trial_id").size().to_dict() == {
         "t_div": 1,
         "t_done": 3,
@@ -219,13 +232,13 @@ def test_statuses_metrics_and_errors(storage: str, tmp_path: Path) -> None:
     assert (last["val_cert_acc"], last["device_hours"]) == (pytest.approx(0.3), 0.003)
 
 
-def test_parameter_columns_are_typed(storage: str) -> None:
-    sink = make_sink(storage)
+def test_parameter_columns_are_typed(store: str) -> None:
+    sink = make_sink(store)
     sabr = FakeTrial("t_sabr", config={**CONFIG, "method": "sabr", "loss.sabr_lambda": 0.3})
     for trial in (FakeTrial("t_ibp"), sabr):
         run(sink, trial, 2)
         complete(sink, trial)
-    schema = pq.read_schema(f"{storage}/{SWEEP}/trials/trial=t_ibp.parquet")
+    schema = pq.read_schema(f"{store}/{SWEEP}/trials/trial=t_ibp.parquet")
     assert {name: schema.field(name).type for name in schema.names if "." in name} == {
         "param.method": pa.string(),
         "param.optim.lr": pa.float64(),
@@ -242,7 +255,7 @@ def test_parameter_columns_are_typed(storage: str) -> None:
     assert schema.field("error").type == pa.string()  # null in every row, still typed
     assert schema.field("seed").type == pa.int64()
 
-    frame = read_trials(storage, SWEEP).set_index("trial_id")
+    frame = read_trials(store, SWEEP).set_index("trial_id")
     assert str(frame["param.data.batch_size"].dtype) == "Int64"
     assert str(frame["param.model.bn"].dtype) == "boolean"
     assert str(frame["param.loss.never"].dtype) == "Int64"
@@ -255,31 +268,31 @@ def test_parameter_columns_are_typed(storage: str) -> None:
     assert frame.loc["t_sabr", "param.loss.sabr_lambda"] == 0.3
 
 
-def test_history_json_is_preferred_over_seen_results(storage: str) -> None:
+def test_history_json_is_preferred_over_seen_results(store: str) -> None:
     """A trial resumed from its epoch-2 checkpoint reports only epoch 3 to this driver."""
-    sink = make_sink(storage)
+    sink = make_sink(store)
     trial = FakeTrial("t_resumed")
     report(sink, trial, epoch_result(3, loss=99.0))
     history = [{"epoch": e, "loss": 10.0 + e, "loss_ibp": 1.0} for e in range(1, 4)]
     report(sink, trial, final_result(3, history))
     complete(sink, trial)
-    epochs = read_epochs(storage, SWEEP)
+    epochs = read_epochs(store, SWEEP)
     assert epochs["epoch"].tolist() == [1, 2, 3]
     assert epochs["loss"].tolist() == [11.0, 12.0, 13.0]
     # what only the reports carried is kept for the epochs they covered
     assert epochs["device_hours"].isna().tolist() == [True, True, False]
-    assert by_id(storage)["t_resumed"]["status"] == "completed"
+    assert by_id(store)["t_resumed"]["status"] == "completed"
 
 
 def test_writes_are_atomic_and_a_retry_replaces(
-    storage: str, monkeypatch: pytest.MonkeyPatch
+    store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sink = make_sink(storage)
+    sink = make_sink(store)
     trial = FakeTrial("t_retry")
     run(sink, trial, 2)
     sink.on_trial_error(iteration=0, trials=[trial], trial=trial)
-    trials_dir = Path(storage, SWEEP, "trials")
-    epochs_dir = Path(storage, SWEEP, "epochs")
+    trials_dir = Path(store, SWEEP, "trials")
+    epochs_dir = Path(store, SWEEP, "epochs")
     before = {d.name: (d / "trial=t_retry.parquet").read_bytes() for d in (trials_dir, epochs_dir)}
 
     def broken_write(table: pa.Table, where: str, filesystem: pafs.FileSystem) -> None:
@@ -287,7 +300,7 @@ def test_writes_are_atomic_and_a_retry_replaces(
             stream.write(b"PAR1 half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(results.pq, "write_table", broken_write)
+    monkeypatch.setattr(storage.pq, "write_table", broken_write)
     run(sink, trial, EPOCHS)
     with pytest.raises(OSError, match="disk full"):
         complete(sink, trial)
@@ -299,14 +312,14 @@ def test_writes_are_atomic_and_a_retry_replaces(
     complete(sink, trial)  # the retried trial now finishes: its files are replaced
     assert sorted(p.name for p in trials_dir.iterdir()) == ["trial=t_retry.parquet"]
     assert sorted(p.name for p in epochs_dir.iterdir()) == ["trial=t_retry.parquet"]
-    row = by_id(storage)["t_retry"]
+    row = by_id(store)["t_retry"]
     assert (row["status"], row["epochs_run"]) == ("completed", 3)
     assert pd.isna(row["error"])
-    assert read_epochs(storage, SWEEP)["epoch"].tolist() == [1, 2, 3]
+    assert read_epochs(store, SWEEP)["epoch"].tolist() == [1, 2, 3]
 
 
-def test_epoch_files_with_different_loss_terms_read_together(storage: str) -> None:
-    sink = make_sink(storage)
+def test_epoch_files_with_different_loss_terms_read_together(store: str) -> None:
+    sink = make_sink(store)
     ibp, kd = FakeTrial("t_a"), FakeTrial("t_b")
     run(sink, ibp, 2)
     for epoch in (1, 2):
@@ -315,7 +328,7 @@ def test_epoch_files_with_different_loss_terms_read_together(storage: str) -> No
         report(sink, kd, result)
     for trial in (ibp, kd):
         complete(sink, trial)
-    epochs = read_epochs(storage, SWEEP)
+    epochs = read_epochs(store, SWEEP)
     assert len(epochs) == 4
     assert epochs.groupby("trial_id")["loss_ibp"].count().to_dict() == {"t_a": 2, "t_b": 0}
     assert epochs.groupby("trial_id")["loss_kd"].count().to_dict() == {"t_a": 0, "t_b": 2}
@@ -325,50 +338,120 @@ def test_epoch_files_with_different_loss_terms_read_together(storage: str) -> No
 @pytest.mark.parametrize("kind", ["relative", "file", "mock"])
 def test_storage_locations(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    storage = {"relative": "out", "file": f"file://{tmp_path}/out", "mock": "mock:///out"}[kind]
-    sink = make_sink(storage)
+    where = {"relative": "out", "file": f"file://{tmp_path}/out", "mock": "mock:///out"}[kind]
+    sink = make_sink(where)
     trial = FakeTrial("t_1")
     run(sink, trial, EPOCHS)
     complete(sink, trial)
     # a reader needs the same mock filesystem object: a new mock:// URI is a new, empty one
-    shared = {"filesystem": sink.filesystem} if kind == "mock" else {}
-    where = "out" if kind == "mock" else storage
-    assert completed_trial_ids(where, SWEEP, **shared) == {"t_1"}
-    assert len(read_epochs(where, SWEEP, **shared)) == EPOCHS
+    writer = sink.writer
+    shared = {"filesystem": writer.filesystem} if kind == "mock" else {}
+    read_from = "out" if kind == "mock" else where
+    assert completed_ids(read_from, **shared) == {"t_1"}
+    assert len(read_epochs(read_from, SWEEP, **shared)) == EPOCHS
     if kind != "mock":
         assert (tmp_path / "out" / SWEEP / "trials" / "trial=t_1.parquet").is_file()
-    names = [
-        info.path
-        for info in sink.filesystem.get_file_info(
-            pafs.FileSelector(sink.sweep_path, recursive=True)
-        )
-    ]
+    selector = pafs.FileSelector(writer.sweep_path, recursive=True)
+    names = [info.path for info in writer.filesystem.get_file_info(selector)]
     assert not [name for name in names if name.endswith(".tmp")]
 
 
-def test_reading_an_empty_sweep(storage: str) -> None:
-    assert read_trials(storage, SWEEP).empty
-    assert "status" in read_trials(storage, SWEEP)
-    assert read_epochs(storage, SWEEP).empty
-    assert completed_trial_ids(storage, SWEEP) == set()
+def test_reading_an_empty_sweep(store: str) -> None:
+    assert read_trials(store, SWEEP).empty
+    assert "status" in read_trials(store, SWEEP)
+    assert read_epochs(store, SWEEP).empty
+    assert completed_ids(store) == set()
 
 
-def test_pickle_and_state_keep_the_epochs_seen() -> None:
-    """Tuner pickles its callbacks (tuner.pkl) and checkpoints their state for a restore."""
+def test_the_sink_pickles() -> None:
+    """Tuner pickles its callbacks (tuner.pkl); a mock filesystem cannot be pickled."""
     sink = make_sink("mock:///out")
     trial = FakeTrial("t_1")
     run(sink, trial, 2)
     restored = pickle.loads(pickle.dumps(sink))
-    restored.set_state(sink.get_state())
     report(restored, trial, epoch_result(3))
     complete(restored, trial)
-    epochs = read_epochs("out", SWEEP, filesystem=restored.filesystem)
+    epochs = read_epochs("out", SWEEP, filesystem=restored.writer.filesystem)
     assert epochs["epoch"].tolist() == [1, 2, 3]
 
 
 def test_an_objective_may_not_replace_a_bookkeeping_column() -> None:
     with pytest.raises(ValueError, match="epochs_run"):
-        ParquetSink("out", SWEEP, SPACE, EPOCHS, ["epochs_run"], "v1")
+        SweepWriter(
+            "out",
+            SWEEP,
+            param_types={},
+            total_epochs=EPOCHS,
+            objectives=["epochs_run"],
+            code_version="v1",
+        )
+
+
+def test_only_own_files_are_read_and_a_damaged_one_is_set_aside(store: str) -> None:
+    """A truncated row (a crash, a full disk) or a stray file blocks neither reading nor
+    resuming: the stray file is ignored, the damaged one reported and, for the driver,
+    renamed out of the way."""
+    from trainables.results import DamagedFileWarning, SweepLocation, read_sweep
+
+    sink = make_sink(store)
+    for trial_id in ("t_a", "t_b"):
+        trial = FakeTrial(trial_id)
+        run(sink, trial, EPOCHS)
+        complete(sink, trial)
+    trials_dir = Path(store, SWEEP, "trials")
+    (trials_dir / "notes.txt").write_text("my notes")
+    (trials_dir / ".half.parquet.tmp").write_bytes(b"PAR1")
+    damaged = trials_dir / "trial=t_b.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.warns(DamagedFileWarning, match="trial=t_b.parquet"):
+        assert read_trials(store, SWEEP)["trial_id"].tolist() == ["t_a"]
+    assert damaged.exists()  # a reader leaves it be
+    location = SweepLocation.of(store, SWEEP)
+    with pytest.warns(DamagedFileWarning, match="set aside as"):
+        found = read_sweep(location, set_aside_damaged=True)
+    assert found.damaged == [str(damaged)] and not damaged.exists()
+    assert [p.name.split(".damaged-")[0] for p in trials_dir.glob("*.damaged-*")] == [damaged.name]
+    assert found.trials["trial_id"].tolist() == ["t_a"]
+    assert set(found.epochs["trial_id"]) == {"t_a", "t_b"}
+
+
+def test_a_short_copy_never_lands_under_the_final_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The final checkpoint copy (a full disk wrote part of it): nothing under the final
+    name, no temporary file left, an error naming both paths."""
+    source = tmp_path / "checkpoint.pt"
+    source.write_bytes(b"x" * 1000)
+    target = tmp_path / "results" / "checkpoints" / "t1"
+    real_copy = pafs.copy_files
+
+    def short_copy(src: str, dst: str, **kwargs: Any) -> None:
+        real_copy(src, dst, **kwargs)
+        with open(dst, "r+b") as file:
+            file.truncate(0)  # what the disk-full run left
+
+    monkeypatch.setattr(storage.pafs, "copy_files", short_copy)
+    with pytest.raises(OSError, match="wrote 0 of 1000 bytes"):
+        storage.copy_atomic(source, pafs.LocalFileSystem(), str(target), "checkpoint.pt")
+    assert list(target.iterdir()) == []
+    monkeypatch.undo()
+    storage.copy_atomic(source, pafs.LocalFileSystem(), str(target), "checkpoint.pt")
+    assert (target / "checkpoint.pt").read_bytes() == source.read_bytes()
+
+
+def test_the_trial_status_is_decided_in_one_place() -> None:
+    from trainables.results import trial_status
+
+    def status(**kwargs: Any) -> str:
+        given = {"errored": False, "reported": "completed", "epochs_run": 3, "total_epochs": 3}
+        return trial_status(**{**given, **kwargs})
+
+    assert status() == "completed"
+    assert status(reported="running") == "completed"  # stopped by a scheduler at max_t
+    assert status(epochs_run=2) == "pruned"
+    assert status(reported="diverged", epochs_run=1) == "diverged"
+    assert status(reported="failed", epochs_run=0) == "failed"
+    assert status(errored=True) == "failed"
 
 
 @pytest.fixture
@@ -409,3 +492,78 @@ def test_sink_in_a_real_tuner(ray_local: None, tmp_path: Path) -> None:
     assert failed["param.method"] == "sabr"
     epochs = read_epochs(str(tmp_path / "results"), SWEEP)
     assert epochs.groupby("trial_id").size().tolist() == [EPOCHS] * 3
+
+
+def test_recertification_never_replaces_a_good_result_with_a_worse_founded_one(
+    tmp_path: Path,
+) -> None:
+    from trainables.results import SweepLocation, read_recertified, write_recertified
+
+    location = SweepLocation.of(str(tmp_path), SWEEP)
+    good = {"trial_id": "t1", "verifier": "crown", "split": "test", "status": "completed"}
+    assert write_recertified(location, {**good, "n": 360, "cert_acc": 0.5}) is None
+    failed = {**good, "status": "failed", "error": "CUDA out of memory"}
+    assert write_recertified(location, failed)["n"] == 360  # kept
+    assert write_recertified(location, {**good, "n": 10, "cert_acc": 0.9})["n"] == 360
+    with pytest.raises(ValueError, match="n >= 1"):
+        write_recertified(location, {**good, "n": 0, "cert_acc": 0.0})
+    stored = read_recertified(location).iloc[0]
+    assert (stored["n"], stored["cert_acc"]) == (360, 0.5)
+    assert write_recertified(location, {**good, "n": 400, "cert_acc": 0.4}) is None  # more
+    assert write_recertified(location, failed, overwrite=True) is None
+    assert read_recertified(location).iloc[0]["status"] == "failed"
+    assert write_recertified(location, {**good, "n": 5, "cert_acc": 0.1}) is None  # it failed
+
+
+def test_recertify_refuses_an_empty_subset() -> None:
+    from analysis.recertify import recertify
+
+    for subset in (0, -3):
+        with pytest.raises(ValueError, match="subset must be at least 1"):
+            recertify("/nowhere", "crown", subset=subset)
+
+
+def test_recertification_rows_written_before_a_column_was_added_still_read(
+    tmp_path: Path,
+) -> None:
+    from trainables.results import SweepLocation, read_recertified, write_recertified
+    from trainables.results.recertification import recertified_dir
+
+    location = SweepLocation.of(str(tmp_path), SWEEP)
+    row = {"trial_id": "t1", "verifier": "best", "split": "test", "status": "completed"}
+    write_recertified(location, {**row, "n": 9, "cert_acc": 0.5, "certified_by": '{"ibp": 0.5}'})
+    folder = Path(recertified_dir(location, "best", "test"))
+    current = pq.read_table(folder / "trial=t1.parquet")
+    older = current.drop_columns(["certified_by"]).set_column(2, "trial_id", pa.array(["t0"]))
+    pq.write_table(older, folder / "trial=t0.parquet")  # before the cascades' column existed
+    stored = read_recertified(location).set_index("trial_id")["certified_by"]
+    assert stored.isna().tolist() == [True, False] and stored["t1"] == '{"ibp": 0.5}'
+
+
+def test_certification_rows_are_versioned_and_name_the_attacks_the_code_runs(
+    tmp_path: Path,
+) -> None:
+    from trainables.attacks import autoattack
+    from trainables.results.certification import AA_COLUMNS, read_rows, write_rows
+    from trainables.results.migrations import SchemaVersionError
+
+    assert tuple(autoattack.AA_COLUMNS.values()) == AA_COLUMNS
+    row = {
+        "checkpoint": "c.pt",
+        "method": "ibp",
+        "kind": "certified",
+        "split": "test",
+        "n": 10,
+        "norm": "linf",
+        "radius": 0.1,
+        "clean_acc": 0.9,
+        "cert_acc": 0.5,
+        "seconds": 1.0,
+        "written_at": pd.Timestamp.now(tz="UTC"),
+    }
+    path = write_rows([row], tmp_path / "rows.parquet")
+    assert read_rows(path).to_pylist()[0]["cert_acc"] == 0.5
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.parquet"]  # no temporary left
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "other.parquet")
+    with pytest.raises(SchemaVersionError, match=r"other\.parquet"):
+        read_rows(tmp_path / "other.parquet")

@@ -1,6 +1,7 @@
-"""``python -m sweeps run`` as a real process: a SIGKILLed driver resumes without repeating
-finished trials, and a sweep submitted as a Ray job to a separately started cluster writes its
-Parquet.
+"""``python -m sweeps run`` as a real process: a second driver on a running sweep is refused,
+the local Ray listens on the loopback address only, a SIGKILLed driver's sweep refuses changed
+settings and resumes (and extends) without repeating finished trials, and a sweep submitted
+as a Ray job to a separately started cluster writes its Parquet.
 
 Both tests start Ray processes outside pytest. They are cleaned up by *session id*: every
 process a test starts gets a new session (``start_new_session=True``) and all Ray processes it
@@ -24,10 +25,14 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
+import optuna
 import pytest
+import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from sweep_helpers import write_short_demo
 
-from sweeps.results import read_trials
+from trainables.results import read_trials
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -122,38 +127,74 @@ def trial_files(storage: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in directory.glob("*.parquet")}
 
 
-def assert_complete_sweep(storage: Path) -> None:
+def listening_addresses(pids: list[int]) -> set[str]:
+    """The local addresses (hex, as /proc/net shows them) of the TCP sockets these processes
+    listen on."""
+    inodes = set()
+    for pid in pids:
+        with suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    addresses = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                addresses.add(fields[1].split(":")[0])
+    return addresses
+
+
+LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+
+
+def assert_complete_sweep(storage: Path, num_trials: int = NUM_TRIALS) -> None:
     trials = read_trials(str(storage), SWEEP)
-    assert len(trials) == NUM_TRIALS, trials[["trial_id", "status"]]
+    assert len(trials) == num_trials, trials[["trial_id", "status"]]
     assert trials["trial_id"].is_unique
     assert set(trials["status"]) == {"completed"}
     assert trials["val_cert_acc"].between(0, 1).all()
 
 
-@pytest.mark.slow  # about 1-2 min on 2 shared cores: two local Ray starts and 4 short trials
-def test_sigkilled_driver_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
+@pytest.mark.slow  # about 1-2 min on 2 shared cores: two local Ray starts and 5 short trials
+def test_one_driver_and_a_killed_driver_resumes_what_it_was_started_with(tmp_path: Path) -> None:
     storage = tmp_path / "results"
-    command = [
-        sys.executable,
-        *("-m", "sweeps", "run", str(tiny_demo(tmp_path))),
-        *("--storage", str(storage), "--num-cpus", "2"),
-    ]
+    config = tiny_demo(tmp_path)
+    run = [sys.executable, "-m", "sweeps", "run", "--storage", str(storage), "--num-cpus", "2"]
     with short_temp_dir("cs-kill-") as ray_tmp:
         # RAY_TMPDIR: the local Ray's session files (and so every Ray command line naming
         # them) live in a directory of this test alone.
         env = base_env(RAY_TMPDIR=str(ray_tmp))
         with (tmp_path / "first.log").open("w") as log:
             driver = subprocess.Popen(
-                command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                [*run, str(config)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
             try:
+                lock = storage / SWEEP / "driver.lock"
+                wait_for(
+                    lambda: lock.is_file() and f'"pid": {driver.pid}' in lock.read_text(),
+                    120,
+                    "the first driver to take the sweep's lock",
+                )
+                # a second driver on the same sweep is refused, before it starts Ray
+                second = subprocess.run(
+                    [*run, str(config)], cwd=REPO, env=env, capture_output=True, text=True,
+                    timeout=120,
+                )  # fmt: skip
+                assert second.returncode == 2, second.stdout + second.stderr
+                assert f"pid {driver.pid}" in second.stderr
                 wait_for(
                     lambda: bool(trial_files(storage)) or driver.poll() is not None,
                     300,
                     "the first finished trial",
                 )
                 assert driver.poll() is None, "the sweep ended before it could be killed"
+                # the local cluster listens on the loopback address only
+                listening = listening_addresses(session_processes(driver.pid))
+                assert listening and listening <= LOOPBACK, listening
                 os.killpg(driver.pid, signal.SIGKILL)  # the driver, GCS, raylet, agents
                 driver.wait(timeout=30)
             finally:
@@ -165,17 +206,36 @@ def test_sigkilled_driver_resumes_without_rerunning_finished_trials(tmp_path: Pa
         assert 0 < len(before) < NUM_TRIALS, f"killed with {len(before)} trials written"
         written_at = read_trials(str(storage), SWEEP).set_index("trial_id")["written_at"]
 
+        # edited settings do not resume silently: refused, naming each key, before Ray
+        raw = yaml.safe_load(config.read_text())
+        raw["training"].update({"epochs": 3, "eps": 0.2})
+        edited = tmp_path / "edited.yaml"
+        edited.write_text(yaml.safe_dump(raw))
+        refused = subprocess.run(
+            [*run, str(edited)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "training epochs: 2 -> 3" in refused.stderr
+        assert "training eps: 0.1 -> 0.2" in refused.stderr
+
+        journal = JournalStorage(JournalFileBackend(str(storage / SWEEP / "optuna.journal")))
+        study = optuna.load_study(study_name=SWEEP, storage=journal)
+        running = study.get_trials(states=[optuna.trial.TrialState.RUNNING])
+        cut_off = sum("folder" in t.user_attrs for t in running)  # started in Tune
         with (tmp_path / "second.log").open("w") as log:
             again = subprocess.Popen(
-                command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                [*run, str(config), "--num-trials", str(NUM_TRIALS + 1)], cwd=REPO, env=env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
             try:
                 assert again.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()
             finally:
                 kill_session(again.pid)
-    assert "resuming sweep 'demo'" in (tmp_path / "second.log").read_text()
-    assert_complete_sweep(storage)
+    second_log = (tmp_path / "second.log").read_text()
+    assert "resuming sweep 'demo'" in second_log
+    if cut_off:
+        assert f"{cut_off} cut-off trial(s) queued to run again" in second_log
+    assert_complete_sweep(storage, NUM_TRIALS + 1)  # the larger budget extends the sweep
     after = trial_files(storage)
     assert {name: after[name] for name in before} == before, "a finished trial was re-run"
     now = read_trials(str(storage), SWEEP).set_index("trial_id")["written_at"]

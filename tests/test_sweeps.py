@@ -1,4 +1,5 @@
-"""Sweep configs are validated up front; the driver runs, resumes and tells Optuna the truth."""
+"""Sweep configs are validated up front; the driver runs, resumes, extends and tells Optuna
+the truth (one module-scoped local Ray for the runs)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from sweep_helpers import write_short_demo
 from search_spaces import load_space
 from sweeps.__main__ import main
 from sweeps.config import CONFIGS_DIR, SweepConfigError, load_sweep
-from sweeps.driver import OPTUNA_FILES, ParetoOptunaSearch, run_sweep
-from sweeps.results import read_epochs, read_trials
+from sweeps.driver import SweepResourcesError, run_sweep
+from sweeps.progress import WIDTH
+from sweeps.state import SweepChangedError
+from sweeps.study import OPTUNA_FILES
 from sweeps.teachers import sweep_teachers
+from trainables.results import read_epochs, read_trials
 
 DEMO = CONFIGS_DIR / "demo.yaml"
 
@@ -73,53 +77,6 @@ def test_bad_configs_fail_naming_file_and_key(tmp_path, change, named) -> None:
     assert main(["validate", str(path)]) == 2
 
 
-def test_early_stopped_trials_are_told_as_pruned() -> None:
-    searcher = ParetoOptunaSearch(
-        space=lambda trial: {"x": trial.suggest_float("x", 0, 1)},
-        metric=["a", "b"],
-        mode=["max", "max"],
-        total_epochs=5,
-        constraints={"a": 0.5},
-    )
-    for trial_id, epoch in (("full", 5), ("short", 2)):
-        searcher.suggest(trial_id)
-        searcher.on_trial_complete(trial_id, {"a": 0.4, "b": 0.9, "epoch": epoch})
-    states = [t.state for t in searcher._ot_study.trials]
-    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
-    assert searcher._ot_study.trials[0].user_attrs["constraints"] == pytest.approx([0.1])
-
-
-def _one_float(trial: optuna.Trial) -> dict[str, float]:  # picklable, as Tune needs
-    return {"x": trial.suggest_float("x", 0, 1)}
-
-
-def test_restored_searcher_fails_the_durable_studys_orphans(tmp_path) -> None:
-    """Trials asked after Tune's last snapshot stay RUNNING in a journal: FAIL on restore."""
-    journal = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.journal")))
-
-    def searcher() -> ParetoOptunaSearch:
-        return ParetoOptunaSearch(
-            space=_one_float,
-            metric=["a", "b"],
-            mode=["max", "max"],
-            study_name="s",
-            storage=journal,
-            total_epochs=1,
-            constraints={},
-        )
-
-    first = searcher()
-    first.suggest("done")
-    first.on_trial_complete("done", {"a": 0.5, "b": 0.5, "epoch": 1})
-    first.suggest("running")
-    first.save(str(tmp_path / "snapshot.pkl"))
-    first.suggest("orphan")  # asked after the snapshot; the driver dies now
-    restored = searcher()
-    restored.restore(str(tmp_path / "snapshot.pkl"))
-    study = optuna.load_study(study_name="s", storage=journal)
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING", "FAIL"]
-
-
 def test_durable_study_needs_a_local_storage(tmp_path) -> None:
     path = _write(tmp_path, {"storage": "s3://bucket/sweeps", "optuna_storage": "journal"})
     with pytest.raises(SweepConfigError, match=r"optuna_storage='journal'.*is a URI"):
@@ -146,7 +103,35 @@ def local_ray():
     ray.shutdown()
 
 
-def test_demo_sweep_runs_and_resumes_without_repeating(tmp_path, local_ray, capsys) -> None:
+class _Planted:
+    """A pickle that, when loaded, writes a marker file (what a planted state file does)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def plant_pickles(experiment: Path, marker: Path) -> list[str]:
+    """Replace every state file Tune could unpickle on a restore by a planted pickle."""
+    import pickle
+
+    planted = []
+    for path in experiment.rglob("*"):
+        if path.is_file() and (
+            path.suffix == ".pkl" or path.name.startswith(("experiment_state", "search_gen_state"))
+        ):
+            path.write_bytes(pickle.dumps(_Planted(marker)))
+            planted.append(path.name)
+    return planted
+
+
+def trial_files(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (folder / "trials").iterdir()}
+
+
+def test_demo_sweep_runs_resumes_and_extends(tmp_path, local_ray, capsys) -> None:
     registry = tmp_path / "teachers.yaml"
     registry.write_text(yaml.safe_dump({"teachers": {"tiny-pgd": {"recipe": TINY_TEACHER}}}))
     path = write_short_demo(
@@ -161,7 +146,9 @@ def test_demo_sweep_runs_and_resumes_without_repeating(tmp_path, local_ray, caps
         optuna_storage="journal",
     )
     sweep = load_sweep(path)
-    results = run_sweep(sweep)
+    outcome = run_sweep(sweep)
+    results = outcome.results
+    assert (outcome.trials, outcome.completed) == (3, 3)
     printed = capsys.readouterr().out
     assert "teacher stage: 'tiny-pgd' ready" in printed
     assert len(list((tmp_path / "teachers").glob("*/teacher.pt"))) == 1
@@ -171,13 +158,76 @@ def test_demo_sweep_runs_and_resumes_without_repeating(tmp_path, local_ray, caps
     assert trials["checkpoint_uri"].notna().all()
     assert (trials["epochs_run"] == 2).all()
     assert len(read_epochs(str(tmp_path), "demo")) == 6
-    assert "Pareto front" in printed and results in printed
     assert f"report: {results}/report/index.html" in printed
-    written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "demo" / "trials").iterdir()}
-    run_sweep(sweep)  # the same sweep again: restored, nothing re-run
-    again = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "demo" / "trials").iterdir()}
-    assert again == written
-    assert "resuming sweep 'demo'" in capsys.readouterr().out
+    # names: the experiment is the sweep's, trials <sweep>_<number>_<id>, one line each
+    experiment = tmp_path / "demo" / "ray" / "demo"
+    folders = sorted(p.name for p in experiment.iterdir() if p.is_dir())
+    numbers = sorted(int(name.split("_")[1]) for name in folders)
+    assert numbers == [0, 1, 2] and all(name.startswith("demo_") for name in folders)
+    assert {name.split("_", 2)[2] for name in folders} == set(trials["trial_id"])
+    finished = [line for line in printed.splitlines() if line.startswith("[")]
+    assert [line[:5] for line in finished] == ["[1/3]", "[2/3]", "[3/3]"]
+    assert all("completed" in line and "val_cert_acc" in line for line in finished)
+    front = printed[printed.index("Pareto front:") : printed.index("results (Parquet)")]
+    assert max(len(line) for line in front.splitlines()) <= WIDTH
+    assert "SearchGenerator" not in printed and "TensorBoard" not in printed  # Ray is quiet
+    # Optuna: named metrics, Tune's trial ids on the trials
     journal = JournalStorage(JournalFileBackend(f"{results}/{OPTUNA_FILES['journal']}"))
     study = optuna.load_study(study_name="demo", storage=journal)
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert study.metric_names == ["val_clean_acc", "val_cert_acc"]
+    assert {t.user_attrs["trial_id"] for t in study.trials} == set(trials["trial_id"])
+
+    # a resume restores nothing from Ray's files: planted pickles there never run
+    marker = tmp_path / "marker"
+    assert plant_pickles(experiment, marker)
+    written = trial_files(tmp_path / "demo")
+    again = run_sweep(sweep)  # the same sweep again: nothing to run
+    assert (again.trials, again.completed) == (3, 3)
+    assert trial_files(tmp_path / "demo") == written
+    assert "resuming sweep 'demo': 3 of 3 trials finished, 0 to run" in capsys.readouterr().out
+
+    changed = sweep.model_copy(update={"training": {**sweep.training, "eps": 0.2}})
+    with pytest.raises(SweepChangedError, match=r"training eps: 0\.1 -> 0\.2"):
+        run_sweep(changed)
+
+    extended = run_sweep(sweep.model_copy(update={"num_trials": 4}))  # a larger budget
+    assert (extended.trials, extended.completed) == (4, 4)
+    assert {k: v for k, v in trial_files(tmp_path / "demo").items() if k in written} == written
+    assert (tmp_path / "demo" / "ray" / "demo-2").is_dir()
+    assert not marker.exists()
+    study = optuna.load_study(study_name="demo", storage=journal)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+
+
+def test_a_sweep_that_needs_gpus_fails_before_any_trial(tmp_path, local_ray) -> None:
+    path = write_short_demo(
+        tmp_path, storage=str(tmp_path), name="gpu", resources={"gpus_per_worker": 1}
+    )
+    with pytest.raises(SweepResourcesError, match=r"1 GPU\(s\).*0 GPUs in all"):
+        run_sweep(load_sweep(path))
+    assert read_trials(str(tmp_path), "gpu").empty
+
+
+def test_deterministic_errors_fail_once_and_the_run_exits_non_zero(
+    tmp_path, local_ray, capsys
+) -> None:
+    """A teacher checkpoint that cannot be loaded: the trial fails at once (Tune does not
+    retry it, although max_failures allows it) and a sweep with no completed trial exits 1."""
+    broken = tmp_path / "teacher.pt"
+    broken.write_bytes(b"not a checkpoint")
+    registry = tmp_path / "teachers.yaml"
+    entry = {"model": "cnn_small", "checkpoint": str(broken)}
+    registry.write_text(yaml.safe_dump({"teachers": {"broken": entry}}))
+    path = write_short_demo(
+        tmp_path,
+        training={"teacher.registry": str(registry), "teacher.name": "broken"},
+        storage=str(tmp_path),
+        name="broken",
+        num_trials=1,
+        max_failures=2,
+    )
+    assert main(["run", str(path)]) == 1
+    assert "no trial of sweep 'broken' completed" in capsys.readouterr().err
+    (row,) = read_trials(str(tmp_path), "broken").to_dict("records")
+    assert row["status"] == "failed" and "TeacherError" in row["error"]
+    assert not list((tmp_path / "broken" / "ray").rglob("error.txt"))  # never raised

@@ -14,7 +14,7 @@ import pytest
 import torch
 from training_helpers import digits_config
 
-import trainables.teachers.cache as cache
+import trainables.training.teacher_cache as cache
 from trainables.config import ConfigError, load_config
 from trainables.data import load_dataset
 from trainables.evaluation import evaluate
@@ -26,11 +26,11 @@ from trainables.teachers import (
     recipe_hash,
     resolve_teacher,
 )
-from trainables.teachers.cache import ensure_teacher
 from trainables.train import main
-from trainables.training.callbacks import Callback
+from trainables.training.callbacks import TrainingCallback
 from trainables.training.checkpoint import save_checkpoint
 from trainables.training.loop import RunResult, train
+from trainables.training.teacher_cache import ensure_teacher
 
 RECIPE = """teachers:
   small-pgd:
@@ -216,7 +216,7 @@ def test_recipe_on_another_dataset_is_refused(tmp_path) -> None:
 # -- distilled students on digits ----------------------------------------------------------
 
 
-class Recorder(Callback):
+class Recorder(TrainingCallback):
     def __init__(self) -> None:
         self.batches: list[dict[str, float]] = []
 
@@ -271,7 +271,7 @@ def test_teacher_metrics_are_its_validation_accuracy(teacher_setup) -> None:
     assert metrics["teacher_val_pgd_acc"] == expected["pgd_acc"]
 
 
-class Interrupt(Callback):
+class Interrupt(TrainingCallback):
     def on_epoch_end(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         if metrics["epoch"] == 2:
             raise KeyboardInterrupt("simulated kill")

@@ -18,7 +18,7 @@ from torch import nn
 from training_helpers import digits_config
 
 from trainables.config import ADVERSARIAL_METHODS, CERTIFIED_METHODS, load_config
-from trainables.training.callbacks import Callback, RunInfo
+from trainables.training.callbacks import RunInfo, TrainingCallback
 from trainables.training.loop import RunResult, train
 
 
@@ -43,7 +43,7 @@ def test_adversarial_methods_resist_pgd_clearly_better_than_standard(method, sta
     assert result.final["test_clean_acc"] >= 0.85, result.final
 
 
-class Recorder(Callback):
+class Recorder(TrainingCallback):
     def __init__(self) -> None:
         self.events: list[str] = []
         self.batches: list[dict[str, float]] = []
@@ -99,7 +99,7 @@ def test_epoch_metrics_and_callback_order() -> None:
         assert terms["loss"] == pytest.approx(parts, rel=1e-5)
 
 
-class Poison(Callback):
+class Poison(TrainingCallback):
     """Makes the weights non-finite after a given optimiser step."""
 
     def __init__(self, model_holder: dict[str, nn.Module], step: int) -> None:
@@ -134,7 +134,7 @@ def test_non_finite_loss_ends_the_run_with_status_diverged(monkeypatch) -> None:
     assert recorder.events[-1] == "end" and recorder.result is result
 
 
-class Interrupt(Callback):
+class Interrupt(TrainingCallback):
     def __init__(self, after_epoch: int) -> None:
         self.after_epoch = after_epoch
 

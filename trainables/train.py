@@ -27,10 +27,10 @@ from trainables.config_io import parse_yaml_value
 from trainables.data import DatasetNotFoundError
 from trainables.preflight import preflight
 from trainables.teachers import TeacherError
-from trainables.teachers.cache import ensure_teacher
-from trainables.training.callbacks import Callback, RunInfo
+from trainables.training.callbacks import RunInfo, TrainingCallback
 from trainables.training.checkpoint import CheckpointError
 from trainables.training.loop import RunResult, train
+from trainables.training.teacher_cache import ensure_teacher
 
 #: Columns of the per-epoch table (those present are shown).
 EPOCH_COLUMNS = ("epoch", "eps", "loss", "train_clean_acc", "seconds", "examples_per_second")
@@ -58,7 +58,7 @@ def _parse_value(text: str, what: str) -> Any:
     return value
 
 
-class ProgressPrinter(Callback):
+class ProgressPrinter(TrainingCallback):
     """A tqdm bar over batches and one table row per epoch (rank 0 only)."""
 
     def __init__(self) -> None:

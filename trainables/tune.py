@@ -3,12 +3,23 @@
 The only Ray-aware module under ``trainables``. A trial's config holds the sampled search
 parameters (flat, dotted training-config keys); the sweep's fixed training settings come in
 through ``tune.with_parameters``. Every epoch the trial reports the loop's metrics with every
-objective present and finite (a NaN or a not-yet-evaluated objective is replaced by its
-worst value, and ``nan_reason`` says why) and its own ``epoch`` (schedulers use it: Ray's
+objective present and finite, and its own ``epoch`` (schedulers use it: Ray's
 ``training_iteration`` restarts after a restore), plus the loop's checkpoint directory, so a
-retried or restored trial resumes from its last epoch. The last report adds the final
-(test-split) metrics, the status, the full epoch history and the URI of the final checkpoint
-copied to ``<results>/checkpoints/<trial_id>/``.
+retried trial resumes from its last epoch. An objective the epoch did not evaluate carries
+the last value evaluated; a NaN, or an objective not evaluated yet, becomes its worst value,
+and ``nan_reason`` says so in that epoch and in every later one that carries it. The last
+epoch is reported once, in the final report, with the final (test-split) metrics, the
+status, the full epoch history and the URI of the final checkpoint, copied atomically to
+``<results>/checkpoints/<trial_id>/``: a scheduler that stops a trial when it reaches its
+budget (Ray's ASHA does) would otherwise stop it before its final metrics.
+
+Errors that a retry cannot fix (a bad config, a missing dataset or teacher, a checkpoint of
+another model) end the trial at once with a ``failed`` report naming the error, instead of
+raising: Tune would retry the trial ``max_failures`` times for nothing.
+
+A trial that re-runs the configuration of a trial cut off by a killed driver gets the
+folders of that trial's checkpoints (``RESUME_KEY`` in its config) and resumes from the
+newest one that loads.
 
 A single-worker trial runs the loop in the trial process (a Ray Train run costs ~20 s of
 fixed overhead). A trial with ``workers`` > 1 is a Ray Train "driver": it runs a
@@ -23,10 +34,13 @@ after the trial, so a restarted trial resumes from Train's latest checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import tempfile
 import time
+import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +49,21 @@ import pyarrow.fs as pafs
 import ray.train
 from ray import tune
 
-from trainables.config import load_config
-from trainables.teachers.cache import ensure_teacher
-from trainables.training.callbacks import Callback, RunInfo
-from trainables.training.checkpoint import CHECKPOINT_NAME
+from trainables.config import ConfigError, load_config
+from trainables.data import DatasetNotFoundError
+from trainables.results.storage import copy_atomic, open_storage
+from trainables.results.writing import ERROR_CHARS
+from trainables.teachers import TeacherError
+from trainables.training.callbacks import RunInfo, TrainingCallback
+from trainables.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from trainables.training.loop import RunResult, train
+from trainables.training.teacher_cache import ensure_teacher
+
+#: Config key of a trial that re-runs a cut-off trial: folders (under the results) that
+#: hold its Tune checkpoints, newest first. Not a training setting: the trial removes it.
+RESUME_KEY = "_resume_from"
+#: Errors a retry cannot fix: the trial fails at once (see the module docstring).
+DETERMINISTIC_ERRORS = (ConfigError, DatasetNotFoundError, TeacherError, CheckpointError)
 
 
 def worst_value(mode: str) -> float:
@@ -47,55 +71,78 @@ def worst_value(mode: str) -> float:
     return 0.0 if mode == "max" else math.inf
 
 
-class _Reporter(Callback):
+def scalarised(values: dict[str, float], objectives: dict[str, str]) -> float:
+    """The objectives as one number for single-metric schedulers (plain ASHA): the mean of
+    the maximised ones minus the minimised ones."""
+    signed = [values[name] if mode == "max" else -values[name] for name, mode in objectives.items()]
+    return sum(signed) / len(signed)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _Reporter(TrainingCallback):
     """Turns the loop's epoch metrics into ``tune.report`` calls (see the module docstring)."""
 
     def __init__(self, objectives: dict[str, str], devices: float) -> None:
         self.objectives, self.devices = objectives, devices
         self.started = time.monotonic()
-        self.last: dict[str, Any] = {}
-        self.is_main = True
+        #: objective -> (value, why it was replaced or None): what later epochs carry
+        self.carried: dict[str, tuple[float, str | None]] = {}
+        self.is_main, self.epochs = True, 0
 
     def on_train_begin(self, info: RunInfo) -> None:
-        self.is_main = info.is_main
+        self.is_main, self.epochs = info.is_main, info.epochs
 
     def finite_objectives(self, metrics: dict[str, Any]) -> dict[str, Any]:
         report, reasons = dict(metrics), []
+        epoch = metrics.get("epoch", "?")
         for name, mode in self.objectives.items():
-            value = report.get(name, self.last.get(name))
-            if not isinstance(value, int | float) or not math.isfinite(value):
-                reasons.append(f"{name}={value!r} replaced by {worst_value(mode)}")
+            if name in metrics:
+                value, reason = metrics[name], None
+                if not _finite(value):
+                    reason = f"{name}={value!r} in epoch {epoch} replaced by {worst_value(mode)}"
+                    value = worst_value(mode)
+                self.carried[name] = (value, reason)
+            elif name in self.carried:
+                value, reason = self.carried[name]
+            else:
                 value = worst_value(mode)
+                reason = f"{name} not evaluated by epoch {epoch}: {value} until it is"
             report[name] = value
+            if reason:
+                reasons.append(reason)
         if reasons:
             report["nan_reason"] = "; ".join(reasons)
-        signed = [report[n] if m == "max" else -report[n] for n, m in self.objectives.items()]
-        report["score"] = sum(signed) / len(signed)  # scalarised objective for plain ASHA
+        report["score"] = scalarised(report, self.objectives)
         return report
 
     def device_hours(self) -> float:
         return (time.monotonic() - self.started) / 3600 * self.devices
 
     def epoch_report(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        """The report of one epoch; remembered, so later epochs can fill in its objectives."""
         report = self.finite_objectives(metrics)
         report.update(status="running", device_hours=self.device_hours())
-        self.last = report
         return report
 
     def on_epoch_end(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        if metrics.get("epoch") != self.epochs:  # the last one goes with the final report
+            self.report(self.epoch_report(metrics), checkpoint)
+
+    def report(self, report: dict[str, Any], checkpoint: Path | None) -> None:
         saved = None if checkpoint is None else tune.Checkpoint.from_directory(checkpoint.parent)
-        tune.report(self.epoch_report(metrics), checkpoint=saved)
+        tune.report(report, checkpoint=saved)
 
 
 class _TrainReporter(_Reporter):
     """Reports to Ray Train on every worker; only rank 0 wrote the checkpoint it attaches."""
 
-    def on_epoch_end(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+    def report(self, report: dict[str, Any], checkpoint: Path | None) -> None:
         saved = None
         if checkpoint is not None and self.is_main:
             saved = ray.train.Checkpoint.from_directory(checkpoint.parent)
-        ray.train.report(self.epoch_report(metrics), checkpoint=saved)
+        ray.train.report(report, checkpoint=saved)
 
 
 @dataclass(frozen=True)
@@ -108,23 +155,24 @@ class _TrialRun:
     results_uri: str
     devices: float
     trial_id: str
+    resume_from: tuple[str, ...] = ()
 
-    def train(
-        self, restored: ray.train.Checkpoint | None, reporter_type: type[_Reporter]
-    ) -> dict[str, Any]:
-        """Run the loop (resumed from ``restored``) in a fresh work dir; the final report."""
+    def train(self, restored: ray.train.Checkpoint | None, reporter_type: type[_Reporter]) -> None:
+        """Run the loop (resumed from ``restored``) in a fresh work dir; report its end."""
         workdir = Path(tempfile.mkdtemp(prefix=f"certsweep-{self.trial_id}-"))
         try:
             if restored is not None:
                 with restored.as_directory() as directory:
                     shutil.copy(Path(directory) / CHECKPOINT_NAME, workdir / CHECKPOINT_NAME)
+            elif self.resume_from:
+                _copy_newest_checkpoint(self.results_uri, self.resume_from, workdir)
             config = load_config(self.training, {**self.params, "checkpoint.dir": str(workdir)})
             reporter = reporter_type(self.objectives, self.devices)
             result = train(config, [reporter])
             final = _final_report(result, reporter, config.seed)
             if reporter.is_main:  # only rank 0 wrote the checkpoint (and Tune hears rank 0)
                 final["checkpoint_uri"] = _upload(result, self.results_uri, self.trial_id)
-            return final
+            reporter.report(final, result.checkpoint)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -139,18 +187,59 @@ def run_trial(
     workers: int = 1,
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float = 0.0,
+    verbose: bool = False,
 ) -> None:
     """Tune function trainable (bind the keyword arguments with ``tune.with_parameters``).
 
-    ``devices`` counts the GPUs (else CPUs) of all workers together, for ``device_hours``.
+    ``devices`` counts the GPUs (else CPUs) of all workers together, for ``device_hours``;
+    without ``verbose``, Ray Train's line per checkpoint is left out of the driver's output.
     """
+    if not verbose:
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
     trial_id = tune.get_context().get_trial_id()
-    ensure_teacher(load_config(training, params))  # normally cached by the sweep's first stage
-    run = _TrialRun(params, training, objectives, results_uri, devices, trial_id)
-    if workers == 1:
-        tune.report(run.train(tune.get_checkpoint(), _Reporter))
-    else:
-        _fit_with_train(run, workers, {"CPU": cpus_per_worker, "GPU": gpus_per_worker})
+    params = dict(params)
+    resume_from = tuple(params.pop(RESUME_KEY, ()))
+    try:
+        ensure_teacher(load_config(training, params))  # normally cached by the sweep's first stage
+        run = _TrialRun(params, training, objectives, results_uri, devices, trial_id, resume_from)
+        if workers == 1:
+            run.train(tune.get_checkpoint(), _Reporter)
+        else:
+            _fit_with_train(run, workers, {"CPU": cpus_per_worker, "GPU": gpus_per_worker})
+    except DETERMINISTIC_ERRORS:
+        tune.report(_failed_report(objectives, traceback.format_exc()))
+
+
+def _failed_report(objectives: dict[str, str], error: str) -> dict[str, Any]:
+    """The last report of a trial that cannot go on: status ``failed`` and the error."""
+    values = {name: worst_value(mode) for name, mode in objectives.items()}
+    return {
+        **values,
+        "score": scalarised(values, objectives),
+        "status": "failed",
+        "error": error[-ERROR_CHARS:],
+        "nan_reason": "the trial failed: its objectives are worst values",
+        "epoch": 0,
+    }
+
+
+def _copy_newest_checkpoint(results_uri: str, folders: Sequence[str], workdir: Path) -> None:
+    """Copy the newest loadable Tune checkpoint of ``folders`` (under the results) into
+    ``workdir``; nothing when none loads (the trial then starts from epoch 0)."""
+    filesystem, root = open_storage(results_uri)
+    for folder in folders:
+        selector = pafs.FileSelector(f"{root}/{folder}", allow_not_found=True)
+        found = [i.path for i in filesystem.get_file_info(selector) if "checkpoint_" in i.base_name]
+        for directory in sorted(found, reverse=True):
+            target = workdir / CHECKPOINT_NAME
+            try:
+                with filesystem.open_input_stream(f"{directory}/{CHECKPOINT_NAME}") as stream:
+                    target.write_bytes(stream.readall())
+                load_checkpoint(target)
+            except (OSError, CheckpointError):
+                target.unlink(missing_ok=True)
+                continue
+            return
 
 
 def _fit_with_train(run: _TrialRun, workers: int, per_worker: dict[str, float]) -> None:
@@ -184,7 +273,7 @@ def _fit_with_train(run: _TrialRun, workers: int, per_worker: dict[str, float]) 
 def _train_worker(loop_config: dict[str, Any]) -> None:
     """The Train loop function, on every worker; the final report is a barrier like the rest."""
     run: _TrialRun = loop_config["run"]
-    ray.train.report(run.train(ray.train.get_checkpoint(), _TrainReporter))
+    run.train(ray.train.get_checkpoint(), _TrainReporter)
 
 
 def _final_report(result: RunResult, reporter: _Reporter, seed: int) -> dict[str, Any]:
@@ -205,16 +294,9 @@ def _final_report(result: RunResult, reporter: _Reporter, seed: int) -> dict[str
 
 
 def _upload(result: RunResult, results_uri: str, trial_id: str) -> str | None:
-    """Copy the final checkpoint next to the sweep's results; returns its URI."""
+    """Copy the final checkpoint next to the sweep's results, atomically; returns its URI."""
     if result.checkpoint is None:
         return None
-    filesystem, root = pafs.FileSystem.from_uri(results_uri)
-    target = f"{root}/checkpoints/{trial_id}/{CHECKPOINT_NAME}"
-    filesystem.create_dir(f"{root}/checkpoints/{trial_id}", recursive=True)
-    pafs.copy_files(
-        str(result.checkpoint),
-        target,
-        source_filesystem=pafs.LocalFileSystem(),
-        destination_filesystem=filesystem,
-    )
+    filesystem, root = open_storage(results_uri)
+    copy_atomic(result.checkpoint, filesystem, f"{root}/checkpoints/{trial_id}", CHECKPOINT_NAME)
     return f"{results_uri.rstrip('/')}/checkpoints/{trial_id}/{CHECKPOINT_NAME}"

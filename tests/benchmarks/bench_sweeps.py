@@ -43,7 +43,7 @@ import yaml
 from analysis.pareto import hypervolume_progress
 from sweeps.config import CONFIGS_DIR, SweepConfig, load_sweep
 from sweeps.driver import max_concurrent, run_sweep
-from sweeps.results import read_trials
+from trainables.results import read_trials
 from trainables.training.loop import train
 
 PRESET_KEYS = (

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from trainables.config import load_config
-from trainables.teachers.cache import ensure_teacher
 from trainables.training.loop import train
+from trainables.training.teacher_cache import ensure_teacher
 
 CONFIG = Path(__file__).parents[2] / "trainables" / "configs" / "digits.yaml"
 

@@ -1,7 +1,8 @@
-"""Teachers for distillation: the registry and safe loading (``cache`` trains recipes).
+"""Teachers for distillation: the registry and safe loading.
 
-``trainables.teachers.cache.ensure_teacher`` is not re-exported here: it runs the training
-loop, which itself imports this package to load teachers.
+Recipe teachers are trained from above the training loop, by
+``trainables.training.teacher_cache.ensure_teacher`` (it runs the loop, which imports this
+package to load teachers; this package imports nothing of the loop).
 """
 
 from trainables.teachers.loading import Teacher, load_teacher

@@ -1,7 +1,7 @@
 """Loading a teacher for a trial: safe, checked, frozen, and timed.
 
 The training loop only loads teachers; recipe teachers must already be in the cache
-(``trainables.teachers.cache.ensure_teacher`` trains them, called before the loop).
+(``trainables.training.teacher_cache.ensure_teacher`` trains them, called before the loop).
 Checkpoints load with ``torch.load(weights_only=True)`` from a local path or a pyarrow
 filesystem URI; a missing file, an unreadable URI and another architecture's weights each
 give one ``TeacherError`` naming the teacher and the location.
@@ -67,7 +67,7 @@ def load_teacher(config: TrainConfig, info: DatasetInfo, device: torch.device) -
         if not Path(spec.location).is_file():  # the recipe cache is local
             raise TeacherError(
                 f"{where} is not trained yet (no {spec.location}): call"
-                " trainables.teachers.cache.ensure_teacher(config) before training"
+                " trainables.training.teacher_cache.ensure_teacher(config) before training"
                 " (python -m trainables.train does)"
             )
     try:

@@ -27,8 +27,9 @@ class RunInfo:
         return self.rank == 0
 
 
-class Callback:
-    """No-op base: override what you need."""
+class TrainingCallback:
+    """No-op base: override what you need (not Ray Tune's ``tune.Callback``, which hooks the
+    sweep driver, not the loop)."""
 
     def on_train_begin(self, info: RunInfo) -> None:
         """Called once, after data, model and any checkpoint are loaded."""

@@ -7,10 +7,10 @@ callbacks, and finally evaluates on ``eval.final_split`` with ``eval.final_verif
 ``eval.final_attack``.
 A non-finite loss ends the run with status "diverged" (before the bad step is applied).
 With ``teacher.name`` set, the loop loads the teacher (it never trains one: recipe teachers
-come from ``trainables.teachers.cache.ensure_teacher``), adds the teacher's validation
-accuracy (``teacher_val_clean_acc``, ``teacher_val_pgd_acc``, constant) and the epoch's time
-in teacher passes (``teacher_seconds``) to every epoch's metrics, and optimises and
-checkpoints the distillation projection together with the model.
+come from ``trainables.training.teacher_cache.ensure_teacher``), adds the teacher's
+validation accuracy (``teacher_val_clean_acc``, ``teacher_val_pgd_acc``, constant) and the
+epoch's time in teacher passes (``teacher_seconds``) to every epoch's metrics, and optimises
+and checkpoints the distillation projection together with the model.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from trainables.models import build_model_for
 from trainables.models.init import shi_ibp_init
 from trainables.schedules import EpsSchedule, build_lr_scheduler, build_optimizer
 from trainables.teachers import load_teacher
-from trainables.training.callbacks import Callback, RunInfo
+from trainables.training.callbacks import RunInfo, TrainingCallback
 from trainables.training.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
@@ -75,7 +75,7 @@ def checkpoint_path(config: TrainConfig) -> Path | None:
 
 def train(
     config: TrainConfig,
-    callbacks: Sequence[Callback] = (),
+    callbacks: Sequence[TrainingCallback] = (),
     *,
     splits: DatasetSplits | None = None,
 ) -> RunResult:
@@ -85,7 +85,10 @@ def train(
 
 class _Run:
     def __init__(
-        self, config: TrainConfig, callbacks: Sequence[Callback], splits: DatasetSplits | None
+        self,
+        config: TrainConfig,
+        callbacks: Sequence[TrainingCallback],
+        splits: DatasetSplits | None,
     ) -> None:
         self.config, self.callbacks = config, list(callbacks)
         self.dist = Distributed.current()

@@ -1,7 +1,8 @@
 """Training recipe teachers once: the cache that many trials share.
 
-This sits above the training loop (it calls ``train``), so the loop never imports it: the
-CLI and the sweep driver call ``ensure_teacher(config)`` before training a student. A
+This sits above the training loop (it calls ``train``; the loop never imports it, and the
+``teachers`` package it reads recipes from imports nothing of the loop): the CLI, the Tune
+trainable and the sweep's teacher stage call ``ensure_teacher(config)`` before a student. A
 recipe's folder under the cache directory is named by the recipe's hash and holds
 ``recipe.yaml`` (for people), ``teacher.pt`` (the weights, once trained) and, while
 training, the run's checkpoint, so a killed teacher run resumes where it stopped. A file
@@ -20,12 +21,12 @@ import yaml
 
 from trainables.config import CheckpointConfig, TrainConfig
 from trainables.teachers.registry import TeacherError, resolve_teacher
-from trainables.training.callbacks import Callback
+from trainables.training.callbacks import TrainingCallback
 from trainables.training.checkpoint import save_checkpoint
 from trainables.training.loop import train
 
 
-def ensure_teacher(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> Path | None:
+def ensure_teacher(config: TrainConfig, callbacks: Sequence[TrainingCallback] = ()) -> Path | None:
     """Train ``config.teacher.name``'s recipe unless the cache holds it; return its file.
 
     None when there is nothing to train: no teacher, or a checkpoint entry. The teacher

@@ -1,7 +1,7 @@
 """Command line of the analysis.
 
     python -m analysis report SWEEP [--out DIR] [--objectives A B] [--directions max min]
-    python -m analysis recertify SWEEP --verifier crown|milp|... [--split test] [--subset N]
+    python -m analysis recertify SWEEP --verifier best|crown|milp|... [--split test] [--subset N]
 
 SWEEP is ``<storage>/<sweep>``: a local path or a URI (``s3://...``, ``gs://...``).
 ``report`` prints a markdown summary and writes ``index.html`` (self-contained) and PNGs
@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--reference", nargs="+", type=float, help="hypervolume reference (default: 0 each)"
     )
-    recertify.add_argument("--verifier", required=True, help="ibp, crown-ibp, crown, milp, ...")
+    recertify.add_argument(
+        "--verifier", required=True, help="a registered verifier: best, crown, milp, ..."
+    )
     recertify.add_argument("--split", default="test", choices=("test", "val"))
     recertify.add_argument("--subset", type=int, help="first N examples of the split")
     recertify.add_argument("--trials", nargs="+", help="trial ids (default: the front)")

@@ -4,9 +4,11 @@ During a sweep each trial certifies with a cheap verifier (often on a validation
 the models worth reporting are the few on the front. This loads each front member's final
 checkpoint (``checkpoint_uri`` in its trial row), rebuilds its model and data from the
 config stored in the checkpoint, certifies the chosen split at the trial's eps with the
-chosen verifier (through ``trainables.certify.dispatch``, the one dispatch that
-``python -m trainables.certify`` uses too) and writes one row per trial as a new Parquet
-dataset (``trainables.results.recertification``); the sweep's own files are never rewritten.
+chosen verifier of the registry (``trainables.certify.verifiers``, through
+``trainables.certify_checkpoint``, which ``python -m trainables.certify_checkpoint`` uses too)
+and writes one row per trial as a new Parquet dataset (``trainables.results.recertification``);
+the sweep's own files are never rewritten. A cascade's row records the fraction each stage
+certified (``certified_by``, JSON).
 
 Where it runs: as Ray tasks when a Ray cluster is reachable (this process already called
 ``ray.init``, or ``RAY_ADDRESS`` names a cluster), one task per trial with a GPU when the
@@ -22,6 +24,7 @@ anyway); the rows returned say which were written (``written``).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -37,20 +40,13 @@ from tqdm import tqdm
 
 from analysis.front import pareto_front
 from analysis.loading import find_sweeps, load
-from trainables.certify.dispatch import CERTIFY_METHODS, EMPIRICAL, certify, load_trained
+from trainables.certify.verifiers import VERIFIERS, unknown_verifier
+from trainables.certify_checkpoint import certify_or_attack, load_trained
 from trainables.results import write_recertified
 
-__all__ = ["SPLITS", "VERIFIERS", "Job", "certify_checkpoint", "recertify"]
+__all__ = ["SPLITS", "Job", "certify_checkpoint", "recertify"]
 
 SPLITS = ("test", "val")
-#: Certificates of the trial's L-inf ball (attacks give no certificate; smoothing certifies
-#: L2 radii of a smoothed classifier, another model than the one the trial trained).
-VERIFIERS: tuple[str, ...] = tuple(
-    m for m in CERTIFY_METHODS if m not in EMPIRICAL and m != "smoothing"
-)
-#: The usual order of tightness of the L-inf verifiers (not a per-sample guarantee between
-#: the bounds; MILP runs CROWN first, so it never certifies less), for a warning only.
-STRENGTH: dict[str, int] = {"ibp": 0, "crown-ibp": 1, "crown": 2, "milp": 3}
 _ERROR_CHARS = 2000
 
 
@@ -92,7 +88,7 @@ def certify_checkpoint(
             raise ValueError(f"trial {job.trial_id} has no checkpoint_uri in its row")
         model, config, splits = load_trained(job.checkpoint_uri, device)
         dataset = splits.test if split == "test" else splits.val
-        result = certify(
+        result = certify_or_attack(
             model,
             dataset,
             verifier,
@@ -108,6 +104,7 @@ def certify_checkpoint(
             clean_acc=result["clean_acc"],
             cert_acc=point["acc"],
             milp_undecided=result.get("milp_undecided"),
+            certified_by=json.dumps(result["certified_by"]) if "certified_by" in result else None,
             eps=config.eval_eps,
             status="completed",
         )
@@ -115,6 +112,16 @@ def certify_checkpoint(
         row.update(status="failed", error=traceback.format_exc()[-_ERROR_CHARS:])
     row["seconds"] = time.perf_counter() - started
     return row
+
+
+def _stronger(search_verifier: str | None, verifier: str) -> bool:
+    """Whether the trial's own verifier ranks above ``verifier`` in the registry's usual order
+    of tightness (a warning only: the bounds are not ordered per sample; verifiers without a
+    rank, e.g. lipschitz, are not compared)."""
+    if search_verifier not in VERIFIERS:
+        return False
+    theirs, ours = VERIFIERS[search_verifier].strength, VERIFIERS[verifier].strength
+    return theirs is not None and ours is not None and theirs > ours
 
 
 def _ray_cluster() -> Any | None:
@@ -165,8 +172,8 @@ def recertify(
         raise ValueError(f"subset must be at least 1 example, got {subset}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if verifier not in VERIFIERS:
-        raise ValueError(f"unknown verifier {verifier!r}; choose one of {', '.join(VERIFIERS)}")
+    if verifier not in VERIFIERS:  # the registry's certificates of the trial's L-inf ball
+        raise ValueError(unknown_verifier(verifier))
     locations = find_sweeps(path_or_uri, filesystem)
     if len(locations) != 1:
         names = ", ".join(location.sweep for location in locations)
@@ -189,13 +196,7 @@ def recertify(
         )
         for _, row in members.iterrows()
     ]
-    weaker = sorted(
-        {
-            j.search_verifier
-            for j in jobs
-            if STRENGTH.get(j.search_verifier, -1) > STRENGTH.get(verifier, 99)
-        }
-    )
+    weaker = sorted({j.search_verifier for j in jobs if _stronger(j.search_verifier, verifier)})
     if weaker:
         print(f"warning: {verifier} is weaker than the search's own {weaker}", file=sys.stderr)
     options = {"subset": subset, "batch_size": batch_size, "time_limit": time_limit}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from analysis import build_report, load, pareto_front
 from analysis.__main__ import main
 from analysis.loading import find_sweeps
 from analysis.recertify import recertify
-from trainables.certify.dispatch import load_trained
+from trainables.certify_checkpoint import load_trained
 from trainables.config import load_config
 from trainables.evaluation import evaluate
 from trainables.results import read_recertified
@@ -106,15 +107,21 @@ def test_milp_recertification_certifies_at_least_crown(sweep: str) -> None:
     member = trials.loc[pareto_front(trials)["on_front"], "trial_id"].iloc[:1].tolist()
     options = {"subset": 4, "trial_ids": member, "progress": False}
     crown = recertify(sweep, "crown", **options).iloc[0]
+    best = recertify(sweep, "best", **options).iloc[0]
     milp = recertify(sweep, "milp", time_limit=0.5, **options).iloc[0]
+    assert crown["cert_acc"] <= best["cert_acc"]  # the cascade ends with CROWN
+    assert sum(json.loads(best["certified_by"]).values()) == pytest.approx(best["cert_acc"])
     assert milp["status"] == "completed", milp["error"]
     assert milp["cert_acc"] >= crown["cert_acc"]  # MILP runs CROWN first
     assert milp["clean_acc"] == crown["clean_acc"]
     assert 0 <= milp["milp_undecided"] <= 1 - milp["cert_acc"]
     stored = read_recertified(find_sweeps(sweep)[0])
-    assert set(stored["verifier"]) == {"crown", "milp"}
-    with pytest.raises(ValueError, match="unknown verifier"):
-        recertify(sweep, "magic", **options)
+    assert set(stored["verifier"]) == {"crown", "best", "milp"}
+    assert stored.set_index("verifier").certified_by.notna().to_dict() == {
+        "best": True, "crown": False, "milp": False
+    }  # fmt: skip
+    with pytest.raises(ValueError, match=r"unknown verifier 'bets' \(did you mean best\?\)"):
+        recertify(sweep, "bets", **options)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The certification toolbox: ``python -m trainables.certify``, its dispatch, AutoAttack,
+"""The certification toolbox: ``python -m trainables.certify_checkpoint``, AutoAttack,
 Gaussian-noise training and the sweep-facing final verifier / attack.
 
 Soundness checks: on the same samples, certified <= complete (MILP) <= attacked <= clean,
@@ -7,6 +7,7 @@ and no AutoAttack point breaks a certified sample.
 
 from __future__ import annotations
 
+import json
 from itertools import pairwise
 from pathlib import Path
 
@@ -17,9 +18,8 @@ import torch.nn.functional as F
 from training_helpers import digits_config
 
 from trainables.bounds import certify as bound_certify
-from trainables.certify.__main__ import main
-from trainables.certify.dispatch import certify, load_trained
 from trainables.certify.rows import ROW_SCHEMA
+from trainables.certify_checkpoint import certify_or_attack, load_trained, main
 from trainables.config import ConfigError, load_config
 from trainables.data import load_dataset
 from trainables.models import build_model
@@ -40,7 +40,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 def test_cli_prints_and_writes_rows_that_order_soundly(checkpoint, tmp_path, capsys) -> None:
     out = tmp_path / "rows.parquet"
-    methods = ["ibp", "crown", "milp", "lipschitz", "pgd"]
+    methods = ["ibp", "crown", "best", "milp", "lipschitz", "pgd"]
     args = ["--checkpoint", str(checkpoint), "--subset", "24", "--out", str(out)]
     assert main(args + [arg for m in methods for arg in ("--method", m)]) == 0
     printed = capsys.readouterr().out
@@ -52,7 +52,12 @@ def test_cli_prints_and_writes_rows_that_order_soundly(checkpoint, tmp_path, cap
     assert (linf.n == 24).all() and (linf.radius == 0.1).all()
     cert = linf.cert_acc
     # IBP and CROWN are not ordered (either can be tighter); the complete MILP bounds both.
-    assert 0 < max(cert["ibp"], cert["crown"]) <= cert["milp"] <= linf.robust_acc["pgd"]
+    assert 0 < max(cert["ibp"], cert["crown"]) <= cert["best"] <= cert["milp"]
+    assert cert["milp"] <= linf.robust_acc["pgd"]
+    by_stage = json.loads(linf.certified_by["best"])
+    assert list(by_stage) == ["ibp", "crown-ibp", "crown"]
+    assert sum(by_stage.values()) == pytest.approx(cert["best"])
+    assert linf.certified_by.drop("best").isna().all()
     assert linf.robust_acc["pgd"] <= linf.clean_acc["pgd"]
     assert set(rows[rows.method == "lipschitz"].norm) == {"linf", "l2"}
     assert rows.lipschitz_constant.dropna().gt(0).all()
@@ -71,21 +76,21 @@ def test_cli_bad_checkpoint_is_one_clear_error(make, message, tmp_path, capsys) 
     assert message in capsys.readouterr().err
 
 
-def test_cli_and_dispatch_reject_unknown_methods(checkpoint, capsys) -> None:
+def test_cli_and_certify_or_attack_reject_unknown_methods(checkpoint, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(checkpoint), "--method", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err
     model, _, splits = load_trained(str(checkpoint))
     with pytest.raises(ValueError, match="unknown method 'nope'"):
-        certify(model, splits.test, "nope", eps=0.1)
+        certify_or_attack(model, splits.test, "nope", eps=0.1)
     with pytest.raises(ValueError, match="smoothing needs sigma"):
-        certify(model, splits.test, "smoothing", eps=0.1, subset=2)
+        certify_or_attack(model, splits.test, "smoothing", eps=0.1, subset=2)
 
 
 @pytest.mark.slow
 def test_autoattack_per_attack_accuracy_is_cumulative_and_sound(checkpoint) -> None:
     pytest.importorskip("pyautoattack")
-    from trainables.attacks.autoattack import STANDARD_ATTACKS, autoattack_robust
+    from trainables.attacks.autoattack import AA_COLUMNS, STANDARD_ATTACKS, autoattack_robust
 
     model, _, splits = load_trained(str(checkpoint))
     x, y = zip(*(splits.test[i] for i in range(0, 360, 45)), strict=True)
@@ -96,9 +101,9 @@ def test_autoattack_per_attack_accuracy_is_cumulative_and_sound(checkpoint) -> N
     assert all(not (later & ~earlier).any() for earlier, later in pairwise(chain))
     certified = bound_certify(model, x, y, 0.1, "crown")
     assert not (certified & ~masks["square"]).any(), "AutoAttack broke a certified sample"
-    result = certify(model, splits.test, "autoattack", eps=0.1, subset=4)
+    result = certify_or_attack(model, splits.test, "autoattack", eps=0.1, subset=4)
     assert result["kind"] == "empirical"
-    aa = [result[f"aa_{name.replace('-', '_')}_acc"] for name in STANDARD_ATTACKS]
+    aa = [result[column] for column in AA_COLUMNS.values()]
     assert aa == sorted(aa, reverse=True) and result["points"][0]["acc"] == aa[-1]
 
 
@@ -112,7 +117,7 @@ def test_gaussian_training_and_smoothing_certificates(tmp_path) -> None:
     result = train(config)
     assert "loss_noisy" in result.history[-1]
     splits = load_dataset("digits")
-    out = certify(
+    out = certify_or_attack(
         result.model, splits.test, "smoothing", eps=0.1, subset=12, sigma=0.25, smoothing_n=2000
     )
     accuracy = [point["acc"] for point in out["points"]]
@@ -138,7 +143,7 @@ def test_gaussian_step_trains_on_noisy_inputs() -> None:
 
 def test_config_final_verifier_and_attack() -> None:
     default = load_config({}).eval
-    assert (default.final_verifier, default.final_attack) == ("crown", "pgd")
+    assert (default.final_verifier, default.final_attack) == ("best", "pgd")
     chosen = load_config({"eval.final_verifier": "milp", "eval.final_attack": "autoattack"})
     assert chosen.eval.final_verifier == "milp"
     for key, value in (("eval.final_attack", "fgsm"), ("eval.verifier", "milp")):

@@ -9,6 +9,7 @@ from training_helpers import digits_config
 
 from trainables.attacks import pgd_robust
 from trainables.bounds import certify
+from trainables.certify.verifiers import BEST_STAGES, make_verifier, stage_metric
 from trainables.config import load_config
 from trainables.data import load_dataset
 from trainables.evaluation import evaluate
@@ -40,6 +41,29 @@ def test_certified_samples_resist_pgd_and_are_correct(trained, verifier) -> None
     assert cert.any(), "the trained model should certify some samples"
     assert not (cert & ~robust).any(), "PGD broke a certified sample: unsound bound"
     assert not (robust & ~correct).any()
+
+
+def test_best_certifies_whatever_a_stage_certifies(trained) -> None:
+    """This IBP-trained CNN is one where CROWN misses a sample IBP certifies (test sample 7,
+    with the bounds of this commit): ``best`` takes the union, stage by stage."""
+    data = load_dataset("digits")
+    x, y = zip(*(data.test[i] for i in range(120)), strict=True)
+    x, y = torch.stack(x), torch.tensor(y)
+    masks = {
+        name: make_verifier(name).certify(trained, x, y, 0.1).certified for name in BEST_STAGES
+    }
+    best = make_verifier("best").certify(trained, x, y, 0.1)
+    union = torch.stack(list(masks.values())).any(dim=0)
+    assert masks["ibp"].sum() > 0
+    assert torch.equal(best.certified, union)  # so best >= ibp, crown-ibp and crown per sample
+    for i, stage in enumerate(best.certified_by):  # the first stage that certifies it
+        first = next((name for name in BEST_STAGES if masks[name][i]), None)
+        assert stage == first
+    assert sum(best.counts.values()) == int(best.certified.sum())
+    metrics = evaluate(trained, data.test, eps=0.1, verifier="best", pgd_steps=0, subset=120)
+    assert metrics["cert_acc"] == pytest.approx(union.float().mean().item())
+    stages = [metrics[stage_metric(name)] for name in BEST_STAGES]
+    assert sum(stages) == pytest.approx(metrics["cert_acc"])
 
 
 def test_evaluate_orders_metrics_and_is_repeatable(trained) -> None:

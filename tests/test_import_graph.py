@@ -15,12 +15,8 @@ from import_graph import ROOT, cycles, graph, imports
 
 #: Known imports that still close a cycle; remove an entry when its import is gone.
 KNOWN_EDGES = {
-    # evaluation uses the complete (MILP) and Lipschitz verifiers of trainables.certify,
-    # whose dispatch evaluates with trainables.evaluation: the verifier registry folds them.
-    ("trainables.evaluation", "trainables.certify"),
-    # evaluation and teacher loading use helpers that live in trainables.training
-    # (Distributed; the checkpoint readers), whose loop uses both.
-    ("trainables.evaluation", "trainables.training"),
+    # teacher loading uses the checkpoint readers that live in trainables.training, whose
+    # loop loads teachers.
     ("trainables.teachers", "trainables.training"),
 }
 

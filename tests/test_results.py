@@ -523,14 +523,31 @@ def test_recertify_refuses_an_empty_subset() -> None:
             recertify("/nowhere", "crown", subset=subset)
 
 
+def test_recertification_rows_written_before_a_column_was_added_still_read(
+    tmp_path: Path,
+) -> None:
+    from trainables.results import SweepLocation, read_recertified, write_recertified
+    from trainables.results.recertification import recertified_dir
+
+    location = SweepLocation.of(str(tmp_path), SWEEP)
+    row = {"trial_id": "t1", "verifier": "best", "split": "test", "status": "completed"}
+    write_recertified(location, {**row, "n": 9, "cert_acc": 0.5, "certified_by": '{"ibp": 0.5}'})
+    folder = Path(recertified_dir(location, "best", "test"))
+    current = pq.read_table(folder / "trial=t1.parquet")
+    older = current.drop_columns(["certified_by"]).set_column(2, "trial_id", pa.array(["t0"]))
+    pq.write_table(older, folder / "trial=t0.parquet")  # before the cascades' column existed
+    stored = read_recertified(location).set_index("trial_id")["certified_by"]
+    assert stored.isna().tolist() == [True, False] and stored["t1"] == '{"ibp": 0.5}'
+
+
 def test_certification_rows_are_versioned_and_name_the_attacks_the_code_runs(
     tmp_path: Path,
 ) -> None:
-    from trainables.attacks.autoattack import STANDARD_ATTACKS
+    from trainables.attacks import autoattack
     from trainables.results.certification import AA_COLUMNS, read_rows, write_rows
     from trainables.results.migrations import SchemaVersionError
 
-    assert tuple(f"aa_{a.replace('-', '_')}_acc" for a in STANDARD_ATTACKS) == AA_COLUMNS
+    assert tuple(autoattack.AA_COLUMNS.values()) == AA_COLUMNS
     row = {
         "checkpoint": "c.pt",
         "method": "ibp",

@@ -15,8 +15,8 @@ from trainables.certify.smoothing import (
     ABSTAIN,
     SmoothingResult,
     certified_accuracy,
-    certify,
     certify_from_counts,
+    certify_smoothed,
     predict,
     predict_from_counts,
     sample_counts,
@@ -129,7 +129,7 @@ def test_sample_counts_is_reproducible_with_a_generator():
 
 def test_noise_is_drawn_in_batches():
     model = ConstantModel([0.0, 1.0, 0.0])
-    certify(model, point(0.0), 0.5, n0=100, n=1000, alpha=0.001, batch_size=64)
+    certify_smoothed(model, point(0.0), 0.5, n0=100, n=1000, alpha=0.001, batch_size=64)
     assert max(model.batch_sizes) <= 64
     assert sum(model.batch_sizes) == 100 + 1000
     assert len(model.batch_sizes) == math.ceil(100 / 64) + math.ceil(1000 / 64)
@@ -159,21 +159,21 @@ def test_predict_abstains_on_fair_coin_and_answers_on_constant():
 def test_constant_classifier_certifies_alpha_to_the_one_over_n():
     sigma, n, alpha = 0.25, 2000, 0.001
     model = ConstantModel([0.0, -1.0, 2.0, 0.5])
-    result = certify(model, point(0.0), sigma, n0=10, n=n, alpha=alpha, batch_size=500)
+    result = certify_smoothed(model, point(0.0), sigma, n0=10, n=n, alpha=alpha, batch_size=500)
     assert result.prediction == 2
     assert result.pA_lower == pytest.approx(alpha ** (1 / n), rel=1e-12)
     assert result.radius == pytest.approx(sigma * norm.ppf(alpha ** (1 / n)), rel=1e-9)
 
 
 def test_certify_abstains_on_fair_coin():
-    result = certify(SignModel(), point(0.0), 0.5, n0=100, n=2000, generator=seeded())
+    result = certify_smoothed(SignModel(), point(0.0), 0.5, n0=100, n=2000, generator=seeded())
     assert result.prediction == ABSTAIN and result.radius == 0.0
     assert result.pA_lower < 0.5
 
 
 def test_certified_radius_is_below_the_exact_radius_of_a_linear_classifier():
     sigma = 0.5
-    result = certify(SignModel(), point(0.6), sigma, n0=100, n=5000, generator=seeded())
+    result = certify_smoothed(SignModel(), point(0.6), sigma, n0=100, n=5000, generator=seeded())
     assert result.prediction == 0
     assert 0.45 < result.radius <= 0.6
 
@@ -268,15 +268,15 @@ CONST = ConstantModel([1.0, 0.0])
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: certify(CONST, X, 0.0), r"sigma .*got 0\.0"),
-        (lambda: certify(CONST, X, -1.0), r"sigma .*got -1\.0"),
-        (lambda: certify(CONST, X, float("nan")), r"sigma .*got nan"),
-        (lambda: certify(CONST, X, 0.5, n0=0), r"n0 .*got 0"),
-        (lambda: certify(CONST, X, 0.5, n=0), r"n .*got 0"),
-        (lambda: certify(CONST, X, 0.5, alpha=0.0), r"alpha .*got 0\.0"),
-        (lambda: certify(CONST, X, 0.5, alpha=1.0), r"alpha .*got 1\.0"),
-        (lambda: certify(CONST, X, 0.5, alpha=0.5), r"alpha .*0\.5.*got 0\.5"),
-        (lambda: certify(CONST, X, 0.5, batch_size=0), r"batch_size .*got 0"),
+        (lambda: certify_smoothed(CONST, X, 0.0), r"sigma .*got 0\.0"),
+        (lambda: certify_smoothed(CONST, X, -1.0), r"sigma .*got -1\.0"),
+        (lambda: certify_smoothed(CONST, X, float("nan")), r"sigma .*got nan"),
+        (lambda: certify_smoothed(CONST, X, 0.5, n0=0), r"n0 .*got 0"),
+        (lambda: certify_smoothed(CONST, X, 0.5, n=0), r"n .*got 0"),
+        (lambda: certify_smoothed(CONST, X, 0.5, alpha=0.0), r"alpha .*got 0\.0"),
+        (lambda: certify_smoothed(CONST, X, 0.5, alpha=1.0), r"alpha .*got 1\.0"),
+        (lambda: certify_smoothed(CONST, X, 0.5, alpha=0.5), r"alpha .*0\.5.*got 0\.5"),
+        (lambda: certify_smoothed(CONST, X, 0.5, batch_size=0), r"batch_size .*got 0"),
         (lambda: predict(CONST, X, 0.5, alpha=1.5), r"alpha .*got 1\.5"),
         (lambda: predict(CONST, X, 0.5, num_samples=0), r"num_samples .*got 0"),
         (lambda: sample_counts(CONST, X, 10, 0.5, -3, 2), r"batch_size .*got -3"),

@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from trainables.certify.verifiers import verifier_type
 from trainables.config_fields import did_you_mean
 from trainables.config_io import describe_errors, read_yaml_mapping
 from trainables.methods import (
@@ -167,13 +168,16 @@ class WarmupConfig(_Group):
 class EvalConfig(_Group):
     """Evaluation during and after training (``trainables.evaluation``).
 
-    Verifiers certify the L-inf ball of ``eval_eps``: bound methods and "lipschitz" (the
-    global-constant certificate; the only one for ``lip_*`` models) every epoch; "milp"
-    (complete, exponential in unstable ReLUs: small nets, with ``final_subset``) at the end
-    only. Smoothing certifies L2 radii with a probability: ``python -m trainables.certify``.
+    Verifiers (names of the registry, ``trainables.certify.verifiers``) certify the L-inf
+    ball of ``eval_eps``: every epoch any verifier that is not complete (bounds, the ``best``
+    cascade, "lipschitz": the global-constant certificate, the only one for ``lip_*``
+    models); at the end also complete ones ("milp": exponential in unstable ReLUs, small
+    nets, with ``final_subset``). The default final verifier is ``best``: IBP, then
+    CROWN-IBP, then CROWN on the samples still undecided. Smoothing certifies L2 radii with a
+    probability: ``python -m trainables.certify_checkpoint``.
     """
 
-    verifier: Literal["ibp", "crown-ibp", "crown", "lipschitz"] | None = Field(
+    verifier: str | None = Field(
         "crown-ibp", description="null: no certificate (e.g. residual teachers)"
     )
     split: Literal["val", "test"] = "val"
@@ -182,13 +186,30 @@ class EvalConfig(_Group):
     pgd_restarts: int = Field(1, ge=1, le=100)
     every: int = Field(1, ge=1, description="evaluate every N epochs (and at the end)")
     batch_size: int = Field(256, ge=1)
-    final_verifier: Literal["ibp", "crown-ibp", "crown", "lipschitz", "milp"] | None = "crown"
+    final_verifier: str | None = "best"
     final_attack: Literal["pgd", "autoattack"] = Field(
         "pgd", description="autoattack: the standard AutoAttack (needs pyautoattack; slow)"
     )
     milp_time_limit: float = Field(10.0, gt=0, le=86400, description="seconds per sample")
     final_split: Literal["val", "test"] = "test"
     final_subset: int | None = Field(None, ge=1)
+
+    @field_validator("verifier")
+    @classmethod
+    def _per_epoch_verifier(cls, name: str | None) -> str | None:
+        if name is not None and verifier_type(name).complete:
+            raise ValueError(
+                f"{name!r} is a complete verifier (exponential time): set it as"
+                " eval.final_verifier, which runs once at the end"
+            )
+        return name
+
+    @field_validator("final_verifier")
+    @classmethod
+    def _registered_verifier(cls, name: str | None) -> str | None:
+        if name is not None:
+            verifier_type(name)
+        return name
 
 
 class CheckpointConfig(_Group):

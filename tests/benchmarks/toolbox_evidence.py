@@ -6,7 +6,7 @@
 Trains (``trainables/configs/digits.yaml``: cnn_small, eps 0.1, 20 epochs, seed 0) a
 standard, an IBP and a CC-IBP model, a Gaussian-noise model (sigma 0.25) for randomized
 smoothing and a 1-Lipschitz ``lip_mlp`` (HKR loss), then evaluates them with
-``trainables.certify.dispatch.certify`` on the digits test split (360 images):
+``trainables.certify_checkpoint.certify_or_attack`` on the digits test split (360 images):
 
 * table 1, the full test split: clean, certified by IBP and CROWN, PGD-50 (4 restarts);
 * table 2, the first ``--subset`` test images (the same for every column): CROWN, MILP
@@ -29,13 +29,13 @@ from typing import Any
 
 import torch
 
-from trainables.certify.dispatch import certify
+from trainables.certify_checkpoint import certify_or_attack
 from trainables.config import load_config
 from trainables.data import load_dataset
 from trainables.training.loop import train
 
 CONFIG = Path(__file__).parents[2] / "trainables" / "configs" / "digits.yaml"
-EVAL = {"eval.final_verifier": None, "eval.pgd_steps": 0}  # everything below uses dispatch
+EVAL = {"eval.final_verifier": None, "eval.pgd_steps": 0}  # everything below uses certify_or_attack
 MODELS: dict[str, dict[str, Any]] = {
     "standard": {"method.name": "standard"},
     "IBP": {"method.name": "ibp"},
@@ -62,9 +62,9 @@ def main() -> None:
     full_rows, subset_rows = [], []
     for label, overrides in MODELS.items():
         model = train(load_config(CONFIG, {**EVAL, **overrides})).model
-        full = {m: certify(model, test, m, eps=EPS) for m in ("ibp", "crown", "pgd")}
+        full = {m: certify_or_attack(model, test, m, eps=EPS) for m in ("ibp", "crown", "pgd")}
         part = {
-            m: certify(model, test, m, eps=EPS, subset=args.subset,
+            m: certify_or_attack(model, test, m, eps=EPS, subset=args.subset,
                        milp_time_limit=args.milp_time_limit)
             for m in ("crown", "milp", "pgd", "autoattack")
         }  # fmt: skip
@@ -87,7 +87,7 @@ def main() -> None:
     smooth_model = train(
         load_config(CONFIG, {**EVAL, "method.name": "gaussian", "method.sigma": 0.25})
     ).model
-    smoothing = certify(
+    smoothing = certify_or_attack(
         smooth_model, test, "smoothing", eps=EPS, subset=args.subset * 2, sigma=0.25,
         radii=RADII, smoothing_n=args.smoothing_n,
     )  # fmt: skip
@@ -104,8 +104,8 @@ def main() -> None:
         "eval.verifier": "lipschitz",
     }
     lip_model = train(load_config(CONFIG, lip_overrides)).model
-    lip = certify(lip_model, test, "lipschitz", eps=EPS, radii=RADII)
-    lip_pgd = certify(lip_model, test, "pgd", eps=EPS)
+    lip = certify_or_attack(lip_model, test, "lipschitz", eps=EPS, radii=RADII)
+    lip_pgd = certify_or_attack(lip_model, test, "pgd", eps=EPS)
     print(f"lipschitz: done after {time.perf_counter() - started:.0f} s\n", flush=True)
 
     print(f"Table 1: digits test split (360 images), L-inf eps = {EPS}")

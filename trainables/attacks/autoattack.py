@@ -21,6 +21,8 @@ from trainables.models.modes import eval_mode
 
 #: The standard version's attacks, in the order they run.
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
+#: The metric (and Parquet column) of the accuracy after each attack: ``aa_apgd_ce_acc``, ...
+AA_COLUMNS: dict[str, str] = {name: f"aa_{name.replace('-', '_')}_acc" for name in STANDARD_ATTACKS}
 
 
 def autoattack_robust(

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainables.attacks.pgd import pgd_minimize
-from trainables.losses.adversarial import trades_kl
 from trainables.models.modes import eval_mode
 
 AttackLoss = Literal["ce", "margin", "trades"]
@@ -32,6 +31,18 @@ def true_class_margin(logits: Tensor, labels: Tensor) -> Tensor:
     true = logits.gather(1, labels[:, None]).squeeze(1)
     others = logits.scatter(1, labels[:, None], float("-inf"))
     return true - others.amax(dim=1)
+
+
+def trades_kl(clean_logits: Tensor, adv_logits: Tensor, reduction: str = "batchmean") -> Tensor:
+    """``KL(p(x) || p(x_adv))`` summed over classes (Zhang et al. 2019's robust term): the
+    TRADES attack's objective here and the TRADES loss's robust term
+    (``losses.adversarial``)."""
+    return F.kl_div(
+        F.log_softmax(adv_logits, dim=1),
+        F.log_softmax(clean_logits, dim=1),
+        reduction=reduction,
+        log_target=True,
+    )
 
 
 def pgd_attack(

@@ -1,3 +1,4 @@
-"""Verifiers used for evaluation: complete MILP / Marabou (``exact``), randomized smoothing
-(``smoothing``), Lipschitz margins (``lipschitz``), and one dispatch over them and the bounds
-and attacks (``dispatch.certify``, the ``python -m trainables.certify`` command)."""
+"""Verifiers: the registry every entry point takes its verifiers from (``verifiers``), complete
+MILP / Marabou (``exact``), randomized smoothing (``smoothing``), Lipschitz margins
+(``lipschitz``), and running certificates without TF32 (``precision``). Certifying a
+trained checkpoint from the command line is ``python -m trainables.certify_checkpoint``."""

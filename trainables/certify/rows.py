@@ -1,4 +1,5 @@
-"""The Parquet rows of a certification run, built from ``dispatch.certify`` results.
+"""The Parquet rows of a certification run, built from ``certify_or_attack`` results
+(``trainables.certify_checkpoint``).
 
 The schema, its version and the writer are the results contract's
 (``trainables.results.certification``: one row per checkpoint, method, norm and radius);
@@ -7,6 +8,7 @@ this module maps a certification result onto it.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,8 +21,9 @@ __all__ = ["ROW_SCHEMA", "result_rows", "write_rows"]
 def result_rows(
     result: dict[str, Any], checkpoint: str, split: str, subset: int | None
 ) -> list[dict[str, Any]]:
-    """Rows of ``ROW_SCHEMA`` from one ``dispatch.certify`` result (one per radius)."""
+    """Rows of ``ROW_SCHEMA`` from one ``certify_or_attack`` result (one per radius)."""
     certified = result["kind"] == "certified"
+    by_stage = result.get("certified_by")
     now = datetime.now(timezone.utc)
     optional = {
         name: result.get(name)
@@ -41,6 +44,7 @@ def result_rows(
             "cert_acc": point["acc"] if certified else None,
             "robust_acc": None if certified else point["acc"],
             **optional,
+            "certified_by": json.dumps(by_stage) if by_stage else None,
             "seconds": result["seconds"],
             "written_at": now,
         }

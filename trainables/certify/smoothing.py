@@ -2,8 +2,9 @@
 
 The smoothed classifier ``g(x) = argmax_c P(f(x + eps) = c)``, ``eps ~ N(0, sigma^2 I)``, is
 robust within the L2 radius ``sigma * Phi^-1(pA)`` whenever the top class has probability at
-least ``pA > 1/2``. ``certify`` estimates a lower bound on ``pA`` by Monte Carlo (CERTIFY in the
-paper) and ``predict`` evaluates ``g`` with a hypothesis test (PREDICT); both may abstain.
+least ``pA > 1/2``. ``certify_smoothed`` estimates a lower bound on ``pA`` by Monte Carlo
+(CERTIFY in the paper) and ``predict`` evaluates ``g`` with a hypothesis test (PREDICT); both
+may abstain.
 
 Own implementation: the reference code (locuslab/smoothing) is not an installable package and
 calls ``scipy.stats.binom_test``, removed in SciPy 1.12; here the statistics come from
@@ -36,7 +37,8 @@ DEFAULT_BATCH_SIZE = 400
 
 @dataclass(frozen=True)
 class SmoothingResult:
-    """Outcome of ``certify`` for one input: the class (or ABSTAIN) and its certified L2 radius.
+    """Outcome of ``certify_smoothed`` for one input: the class (or ABSTAIN) and its certified
+    L2 radius.
 
     ``pA_lower`` is reported even on abstention, to show how far from 1/2 the estimate was.
     """
@@ -158,7 +160,7 @@ def predict(
     return predict_from_counts(counts, alpha)
 
 
-def certify(
+def certify_smoothed(
     model: nn.Module,
     x: Tensor,
     sigma: float,
@@ -203,7 +205,7 @@ def certified_accuracy(
 ) -> dict[str, Any]:
     """Certified accuracy of the smoothed classifier at each L2 radius in ``radii``.
 
-    A sample counts at radius r when ``certify`` returns its label with radius >= r (an
+    A sample counts at radius r when ``certify_smoothed`` returns its label with radius >= r (an
     abstention is never correct), so the value at r = 0 is the smoothed classifier's accuracy.
     ``dataset_or_tensors`` yields ``(x, label)`` pairs or is an ``(inputs, labels)`` pair.
     ``subset``: an int k certifies k evenly spaced samples (certification is slow, and datasets
@@ -232,7 +234,7 @@ def certified_accuracy(
     for index in tqdm(indices, desc=f"certify sigma={sigma}", disable=not progress):
         x, label = dataset[index]
         label = int(label)
-        outcome = certify(
+        outcome = certify_smoothed(
             model, x.to(device), sigma, n0, n, alpha, batch_size, generator, num_classes
         )
         results.append(

@@ -9,6 +9,7 @@ from trainables.models.zoo import (
     LIPSCHITZ_MODELS,
     MODELS,
     build_model,
+    build_model_for,
     check_model,
     model_options,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "Normalize",
     "PreActBlock",
     "build_model",
+    "build_model_for",
     "check_model",
     "feature_names",
     "feature_prefix",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import inspect
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,6 +18,9 @@ from torch import nn
 from trainables.models import certified, lipschitz, resnets
 from trainables.models.layers import Normalize
 from trainables.models.options import check_int
+
+if TYPE_CHECKING:  # the data package (torchvision, sklearn) is not needed to build a model
+    from trainables.data import DatasetInfo
 
 _BUILDERS: dict[str, Callable[..., OrderedDict[str, nn.Module]]] = {
     **certified.BUILDERS,
@@ -106,3 +110,11 @@ def build_model(
     except ValueError as err:
         raise ValueError(f"model {name!r}: {err}") from err
     return nn.Sequential(layers)
+
+
+def build_model_for(info: DatasetInfo, name: str, options: Mapping[str, object]) -> nn.Sequential:
+    """Model ``name`` (with its ``options``) for a dataset's input shape, classes and
+    normalisation: what a training run, a teacher and a checkpoint's model are built with."""
+    return build_model(
+        name, info.input_shape, info.num_classes, mean=info.mean, std=info.std, **options
+    )

@@ -2,7 +2,8 @@
 
 Everything that writes or reads results goes through here: the sweep driver's Tune callback
 (``SweepWriter``), ``analysis`` (``read_sweep``), re-certification (``write_recertified`` /
-``read_recertified``) and ``python -m trainables.certify --out`` (``certification``).
+``read_recertified``) and ``python -m trainables.certify_checkpoint --out``
+(``certification``).
 
 - ``schema``: trial and epoch schemas, ``SCHEMA_VERSION``, metadata keys, metric names;
 - ``status``: the status vocabulary and ``trial_status``, the one rule that decides it;

@@ -1,8 +1,9 @@
 """The Parquet rows of a certification run: one row per (checkpoint, method, norm, radius).
 
-``python -m trainables.certify --out ROWS.parquet`` writes them (``trainables.certify.rows``
-builds the rows from a certification result); analysis can join them on ``checkpoint`` (the
-trial row's ``checkpoint_uri``). The columns are listed literally: they are a contract.
+``python -m trainables.certify_checkpoint --out ROWS.parquet`` writes them
+(``trainables.certify.rows`` builds the rows from a certification result); analysis can join
+them on ``checkpoint`` (the trial row's ``checkpoint_uri``). The columns are listed literally:
+they are a contract.
 
 ================  =========  ===============================================================
 column            type       meaning
@@ -21,6 +22,7 @@ cert_acc          float64    certified accuracy (null for attacks)
 robust_acc        float64    empirical robust accuracy (null for certificates)
 aa_<attack>_acc   float64    AutoAttack: accuracy after apgd_ce, apgd_t, fab_t, square
 milp_undecided    float64    MILP: fraction without a verdict in the time limit
+certified_by      string     cascades (best): JSON ``{stage: fraction of n it certified}``
 lipschitz_const.  float64    Lipschitz: the certified upper bound of L (``lipschitz_constant``)
 sigma             float64    smoothing: the noise level
 seconds           float64    wall time of the method (all its radii together)
@@ -62,6 +64,7 @@ ROW_SCHEMA = pa.schema(
         pa.field("robust_acc", pa.float64()),
         *(pa.field(name, pa.float64()) for name in AA_COLUMNS),
         pa.field("milp_undecided", pa.float64()),
+        pa.field("certified_by", pa.string()),
         pa.field("lipschitz_constant", pa.float64()),
         pa.field("sigma", pa.float64()),
         pa.field("seconds", pa.float64(), nullable=False),

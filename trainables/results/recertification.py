@@ -41,6 +41,7 @@ RECERTIFIED_SCHEMA = pa.schema(
         pa.field("clean_acc", pa.float64()),
         pa.field("cert_acc", pa.float64()),
         pa.field("milp_undecided", pa.float64()),  # MILP: share without a verdict in time
+        pa.field("certified_by", pa.string()),  # cascades: JSON {stage: share it certified}
         pa.field("search_verifier", pa.string()),  # the trial's own final verifier ...
         pa.field("search_cert_acc", pa.float64()),  # ... and its certified accuracy
         pa.field("seconds", pa.float64()),
@@ -50,6 +51,15 @@ RECERTIFIED_SCHEMA = pa.schema(
     ],
     metadata=file_metadata(FOLDER),
 )
+
+
+def _in_layout(table: pa.Table) -> pa.Table:
+    """A stored table in ``RECERTIFIED_SCHEMA``; a column added since it was written (v1
+    grows by nullable columns, e.g. ``certified_by``) reads as null."""
+    for field in RECERTIFIED_SCHEMA:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(len(table), field.type))
+    return table.select(RECERTIFIED_SCHEMA.names).cast(RECERTIFIED_SCHEMA)
 
 
 def recertified_dir(location: SweepLocation, verifier: str, split: str) -> str:
@@ -120,6 +130,6 @@ def read_recertified(location: SweepLocation) -> pd.DataFrame:
                 )
     if not tables:
         return RECERTIFIED_SCHEMA.empty_table().to_pandas()
-    table = pa.concat_tables([t.cast(RECERTIFIED_SCHEMA) for t in tables])
+    table = pa.concat_tables([_in_layout(t) for t in tables])
     rows = table.to_pandas()
     return rows.sort_values(["verifier", "split", "trial_id"]).reset_index(drop=True)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from trainables.config import TrainConfig
 from trainables.data import DatasetInfo
-from trainables.models import build_model, forward_features
+from trainables.models import build_model_for, forward_features
 from trainables.teachers.registry import TeacherError, resolve_teacher
 from trainables.training.checkpoint import CheckpointError, load_checkpoint, load_model_state
 
@@ -71,14 +71,7 @@ def load_teacher(config: TrainConfig, info: DatasetInfo, device: torch.device) -
                 " (python -m trainables.train does)"
             )
     try:
-        model = build_model(
-            spec.model,
-            info.input_shape,
-            info.num_classes,
-            mean=info.mean,
-            std=info.std,
-            **spec.options,
-        )
+        model = build_model_for(info, spec.model, spec.options)
     except ValueError as err:
         raise TeacherError(f"{where}: {err}") from None
     try:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from trainables.config import TrainConfig
 from trainables.data import DatasetSplits, load_dataset
 from trainables.evaluation import evaluate
-from trainables.models import build_model
+from trainables.models import build_model_for
 from trainables.models.init import shi_ibp_init
 from trainables.schedules import EpsSchedule
 from trainables.teachers import load_teacher
@@ -97,14 +97,7 @@ class _Run:
         torch.manual_seed(config.seed)
         self.splits = splits or load_splits(config)
         info = self.splits.info
-        self.model = build_model(
-            config.model.name,
-            info.input_shape,
-            info.num_classes,
-            mean=info.mean,
-            std=info.std,
-            **config.model.options,
-        ).to(self.device)
+        self.model = build_model_for(info, config.model.name, config.model.options).to(self.device)
         if config.init == "shi":
             shi_ibp_init(self.model)
         self.loader = self._train_loader()

@@ -32,8 +32,8 @@ import yaml
 from trainables.certify.verifiers import make_verifier
 from trainables.config import load_config
 from trainables.models import build_model
-from trainables.schedules import build_optimizer
-from trainables.training.methods import MethodStep
+from trainables.training.optim import build_optimizer
+from trainables.training.step import TrainingStep
 
 CONFIGS = Path(__file__).parents[2] / "sweeps" / "configs"
 TRAIN_IMAGES = {"mnist": 60_000, "cifar10": 50_000, "tinyimagenet": 100_000}
@@ -56,7 +56,7 @@ def per_image_seconds(
         y = model.eval()(x).argmax(dim=1)  # every sample "correct": the cascade skips none
     config = load_config({"eps": eps, "method.name": "ibp", "warmup.weight": 0.0})
     student = copy.deepcopy(model).train()  # trained apart: the verifiers see fixed weights
-    step = MethodStep(student, student, config, classes, torch.Generator().manual_seed(0))
+    step = TrainingStep(student, student, config, classes, torch.Generator().manual_seed(0))
     optimizer = build_optimizer(student.parameters(), config.optim)
 
     def train_step() -> None:

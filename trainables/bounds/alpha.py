@@ -116,6 +116,12 @@ def alpha_crown(
     spec = output_spec(C, ibp[0]).detach()
     problem = _Problem(ops, lower, upper, spec, ibp, ibp_relu, crown_relu, crown)
     per_sample = max(1, problem.alpha_elements(optimize_intermediate))
+    if 10 * per_sample > chunk_elements:
+        raise ValueError(
+            f"alpha-CROWN needs about {10 * per_sample:,} slope and coefficient entries per "
+            f"sample here, more than chunk_elements={chunk_elements:,}: optimise the output's "
+            "slopes only (alpha_intermediate=False) or raise chunk_elements"
+        )
     step = max(1, chunk_elements // (10 * per_sample))
     parts = [
         _optimise(problem.slice(slice(first, first + step)), iterations, lr, lr_decay,

@@ -169,9 +169,9 @@ def _patches_backward(op: AffineOp, A: Patches) -> tuple[Coefficients, Tensor]:
         return (moved.to_dense() if moved.fits_dense() else moved), shift
     A = A.masked()
     if isinstance(op, ChannelAffineOp) and op.spatial_dims == 2:
-        values = A.values
-        shift = values.sum(dim=(3, 4)) @ op.shift
-        return A.with_values(values * op.scale.view(1, 1, -1, 1, 1)), shift
+        values = A.values  # channels last
+        shift = values.sum(dim=(2, 3)) @ op.shift
+        return A.with_values(values * op.scale), shift
     return op.backward(A.to_dense())
 
 
@@ -357,7 +357,7 @@ class _PositionRows:
         self.samples, self.ys, self.xs = positions.nonzero(as_tuple=True)
         self.units, self.rows_per_unit = self.samples.numel(), 2 * self.channels
         eye = torch.eye(self.channels, dtype=like.dtype, device=like.device)
-        self.unit = torch.cat([eye, -eye]).view(1, 2 * self.channels, self.channels, 1, 1)
+        self.unit = torch.cat([eye, -eye]).view(1, 2 * self.channels, 1, 1, self.channels)
 
     def start(self, cut: slice, like: Tensor) -> tuple[Patches, None]:
         return Patches(self.unit, self.ys[cut], self.xs[cut], self.samples[cut], self.shape), None
@@ -379,8 +379,8 @@ class _NeuronRows:
 
     def start(self, cut: slice, like: Tensor) -> tuple[Patches, None]:
         channels = self.cs[cut]
-        values = like.new_zeros(channels.numel(), 2, self.shape[0], 1, 1)
-        values[torch.arange(channels.numel(), device=like.device), :, channels, 0, 0] = self.signs
+        values = like.new_zeros(channels.numel(), 2, 1, 1, self.shape[0])
+        values[torch.arange(channels.numel(), device=like.device), :, 0, 0, channels] = self.signs
         return Patches(values, self.ys[cut], self.xs[cut], self.samples[cut], self.shape), None
 
     def store(self, cut: slice, result: Tensor, low: Tensor, high: Tensor) -> None:

@@ -343,18 +343,21 @@ def batchnorm_affine(layer: nn.Module, mean: Tensor, var: Tensor) -> tuple[Tenso
     return scale, shift
 
 
-def fuse_affine(ops: list[Op]) -> list[Op]:
+def fuse_affine(ops: list[Op], dense: bool = True) -> list[Op]:
     """The same map with every per-channel affine op folded into the Linear/Conv before it.
 
     ``BatchNorm(W x + b) = (s W) x + (s b + t)``: exact, and it saves the elementwise passes
     of the channel op in every propagation. A channel op after a ReLU or at the start (the
     input ``Normalize``) is kept: folding it into the next convolution would change what
-    that convolution's zero padding means.
+    that convolution's zero padding means. ``dense=False`` folds into convolutions only:
+    a large Linear's weight costs more to rescale (and to differentiate through, in
+    training) than the few activations its BatchNorm touches.
     """
+    layers = (DenseOp, ConvOp) if dense else (ConvOp,)
     fused: list[Op] = []
     for op in ops:
         previous = fused[-1] if fused else None
-        if isinstance(op, ChannelAffineOp) and isinstance(previous, DenseOp | ConvOp):
+        if isinstance(op, ChannelAffineOp) and isinstance(previous, layers):
             fused[-1] = _fold_channel_affine(previous, op)
         else:
             fused.append(op)

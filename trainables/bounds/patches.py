@@ -14,8 +14,10 @@ auto_LiRPA's "patches mode" (auto_LiRPA/patches.py; operators/convolution.py,
 Rows come in groups: every row of group ``g`` belongs to sample ``samples[g]`` and has its
 window at ``(top[g], left[g])`` (e.g. all channels of one position of one sample), so each
 relaxation window is read once per group, not once per row. ``values`` has shape
-``[groups, rows, C, kh, kw]``, or ``[1, rows, ...]`` while it is the same for every group
-(before the first ReLU is met).
+``[groups, rows, kh, kw, C]`` (channels last: the transposed convolutions run up to twice
+as fast on channels-last images on CPUs), or ``[1, rows, ...]`` while it is the same for
+every group (before the first ReLU is met). Windows of per-sample maps are read in the
+same layout.
 
 Entries of a window that fall outside the image stand for zero padding. A transposed
 convolution leaves arbitrary values there ("dirty"); a ReLU backward clears them (its slopes
@@ -35,7 +37,7 @@ from torch import Tensor
 class Patches:
     """Coefficients on windows of a ``[C, H, W]`` activation, one window per row group."""
 
-    values: Tensor  # [groups or 1, rows, C, kh, kw]
+    values: Tensor  # [groups or 1, rows, kh, kw, C]
     top: Tensor  # [groups], int64: window origin (may lie outside the image)
     left: Tensor  # [groups]
     samples: Tensor  # [groups]: the sample (batch index) of each group
@@ -44,7 +46,7 @@ class Patches:
 
     @property
     def window(self) -> tuple[int, int]:
-        return self.values.shape[-2], self.values.shape[-1]
+        return self.values.shape[2], self.values.shape[3]
 
     @property
     def groups(self) -> int:
@@ -74,21 +76,15 @@ class Patches:
         return (ys * (width + pad_left + pad_right) + xs).reshape(self.groups, kh * kw)
 
     def windows(self, maps: Tensor) -> Tensor:
-        """Each group's window of its sample's map, zero outside: ``[groups, 1, C, kh, kw]``.
+        """Each group's window of its sample's map, zero outside: ``[groups, 1, kh, kw, C]``.
 
         ``maps`` is ``[batch, C, H, W]``."""
         padding = self._padding()
         pad_top, pad_bottom, pad_left, pad_right = padding
-        padded = F.pad(maps, (pad_left, pad_right, pad_top, pad_bottom)).flatten(2)
-        index = self._flat_index(padding)
-        picked = padded[
-            self.samples[:, None, None], self._channels(maps)[None, :, None], index[:, None]
-        ]
-        return picked.view(self.groups, 1, maps.shape[1], *self.window)
-
-    @staticmethod
-    def _channels(maps: Tensor) -> Tensor:
-        return torch.arange(maps.shape[1], device=maps.device)
+        padded = F.pad(maps, (pad_left, pad_right, pad_top, pad_bottom))
+        flat = padded.flatten(2).transpose(1, 2)  # [batch, positions, C]
+        picked = flat[self.samples[:, None], self._flat_index(padding)]  # [groups, k, C]
+        return picked.view(self.groups, 1, *self.window, maps.shape[1])
 
     def masked(self) -> Patches:
         """The same coefficients with the entries outside the image set to zero."""
@@ -98,7 +94,7 @@ class Patches:
         ys = self.top[:, None] + torch.arange(kh, device=self.top.device)
         xs = self.left[:, None] + torch.arange(kw, device=self.top.device)
         inside = ((ys >= 0) & (ys < height))[:, :, None] & ((xs >= 0) & (xs < width))[:, None, :]
-        mask = inside.to(self.values.dtype)[:, None, None]  # [groups, 1, 1, kh, kw]
+        mask = inside.to(self.values.dtype)[:, None, :, :, None]  # [groups, 1, kh, kw, 1]
         return self.with_values(self.values * mask)
 
     def to_dense(self) -> Tensor:
@@ -108,11 +104,11 @@ class Patches:
         padded = (height + pad_top + pad_bottom, width + pad_left + pad_right)
         values = self.values.expand(self.groups, *self.values.shape[1:])
         rows = values.shape[1]
-        index = self._flat_index(padding)[:, None, None, :].expand(-1, rows, channels, -1)
-        canvas = values.new_zeros(self.groups, rows, channels, padded[0] * padded[1])
-        canvas = canvas.scatter(3, index, values.reshape(self.groups, rows, channels, -1))
-        canvas = canvas.view(self.groups, rows, channels, *padded)
-        return canvas[..., pad_top : pad_top + height, pad_left : pad_left + width]
+        index = self._flat_index(padding)[:, None, :, None].expand(-1, rows, -1, channels)
+        canvas = values.new_zeros(self.groups, rows, padded[0] * padded[1], channels)
+        canvas = canvas.scatter(2, index, values.reshape(self.groups, rows, -1, channels))
+        canvas = canvas.view(self.groups, rows, *padded, channels).permute(0, 1, 4, 2, 3)
+        return canvas[..., pad_top : pad_top + height, pad_left : pad_left + width].contiguous()
 
     def fits_dense(self) -> bool:
         """True once a window is at least as large as the image (dense is then cheaper)."""
@@ -136,15 +132,19 @@ def conv_backward(
     convolution without padding, whose origin moves to ``origin * stride - padding``.
     """
     patches = patches.masked()
-    lead, rows, channels = patches.values.shape[:3]
-    values = patches.values.reshape(lead * rows, channels, *patches.window)
+    lead, rows = patches.values.shape[:2]
+    kh, kw = patches.window
+    channels = patches.shape[0]
+    # [lead * rows, C, kh, kw] in channels-last memory: a view of ``values``, no copy
+    values = patches.values.reshape(lead * rows, kh, kw, channels).permute(0, 3, 1, 2)
     grown = F.conv_transpose2d(values, weight, None, stride, 0, 0, groups, dilation)
     if bias is None:
         shift = patches.values.new_zeros(lead, rows)
     else:
-        shift = (values.sum(dim=(2, 3)) @ bias).view(lead, rows)
+        shift = (patches.values.sum(dim=(2, 3)) @ bias).view(lead, rows)
+    grown = grown.permute(0, 2, 3, 1)  # back to [N, kh', kw', C'] (channels last)
     moved = Patches(
-        grown.view(lead, rows, *grown.shape[1:]),
+        grown.reshape(lead, rows, *grown.shape[1:]),
         patches.top * stride[0] - padding[0],
         patches.left * stride[1] - padding[1],
         patches.samples,

@@ -19,6 +19,7 @@ from trainables.bounds.lirpa import lirpa_version
 from trainables.models import build_model
 
 BOX = (torch.zeros(2, 1, 6, 6), torch.ones(2, 1, 6, 6))
+DIFFERENTIABLE = tuple(method for method in METHODS if method != "alpha-crown")
 
 
 def test_margin_spec_rows_are_true_class_minus_each_other_class():
@@ -72,9 +73,10 @@ def test_bad_boxes_and_specs_are_clear_errors():
 @pytest.mark.parametrize("method", METHODS)
 def test_batch_size_one_and_large_batches_give_per_sample_bounds(method):
     model = random_network("cnn_bn_pool", 2)
-    _, lower, upper = random_box(2, batch=300, shape=(1, 6, 6))
+    batch = 40 if method == "alpha-crown" else 300  # alpha-CROWN: 20 passes with autograd
+    _, lower, upper = random_box(2, batch=batch, shape=(1, 6, 6))
     lb, ub = compute_bounds(model, lower, upper, method)
-    for i in (0, 137, 299):
+    for i in (0, batch // 2, batch - 1):
         single_lb, single_ub = compute_bounds(model, lower[i : i + 1], upper[i : i + 1], method)
         torch.testing.assert_close(lb[i : i + 1], single_lb)
         torch.testing.assert_close(ub[i : i + 1], single_ub)
@@ -102,7 +104,7 @@ def test_full_crown_does_not_depend_on_the_chunk_size():
             torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", DIFFERENTIABLE)
 def test_bounds_are_differentiable_and_training_through_them_helps(method):
     """A few gradient steps on the IBP-style loss raise the worst-case margin's lower bound."""
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 """Every bound must contain every reachable output: random samples, box corners, PGD.
 
-Seeded random networks of every supported layer mix (see random_networks.py), all three
-methods, C folded in and not. A failure here means a certificate could be wrong.
+Seeded random networks of every supported layer mix (see random_networks.py), every
+method, C folded in and not. A failure here means a certificate could be wrong.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from trainables.bounds import METHODS, compute_bounds, margin_spec
 from trainables.models import CERTIFIABLE_MODELS, build_model
 
 SEEDS = range(4)
+#: alpha-CROWN runs 20 bound passes with autograd per call: fewer seeds keep the suite fast.
+ALPHA_SEEDS = range(2)
 SHAPES = {"mlp": (1, 4, 4), "mlp_bn": (2, 3, 3)}
 TOLERANCE = 1e-9  # float64 networks: rounding only
 
@@ -45,7 +47,7 @@ def _case(family, seed):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("method", METHODS)
 def test_sampled_points_lie_within_bounds(family, method):
-    for seed in SEEDS:
+    for seed in ALPHA_SEEDS if method == "alpha-crown" else SEEDS:
         model, lower, upper, C = _case(family, seed)
         with torch.no_grad():
             lb, ub = compute_bounds(model, lower, upper, method, C)
@@ -61,7 +63,7 @@ def test_sampled_points_lie_within_bounds(family, method):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("method", METHODS)
 def test_attacked_points_lie_within_bounds(family, method):
-    for seed in SEEDS:
+    for seed in ALPHA_SEEDS if method == "alpha-crown" else SEEDS:
         model, lower, upper, C = _case(family, seed)
         with torch.no_grad():
             lb, ub = compute_bounds(model, lower, upper, method, C)
@@ -106,8 +108,10 @@ def test_train_mode_batchnorm_uses_the_reference_batch_statistics(method):
     with torch.no_grad():
         _freeze_batchnorm_at(frozen, x)
     frozen_lb, frozen_ub = compute_bounds(frozen, lower, upper, method)
-    torch.testing.assert_close(lb, frozen_lb)
-    torch.testing.assert_close(ub, frozen_ub)
+    # alpha-CROWN's sign-like Adam steps amplify the statistics' rounding differences.
+    tolerance = {"rtol": 1e-3, "atol": 1e-3} if method == "alpha-crown" else {}
+    torch.testing.assert_close(lb, frozen_lb, **tolerance)
+    torch.testing.assert_close(ub, frozen_ub, **tolerance)
     with torch.no_grad():
         for points in _sampled_points(lower, upper, 200, 3):
             out = frozen(points)

@@ -14,6 +14,7 @@ from torch import nn
 
 from trainables.attacks import linf_box, pgd_attack, true_class_margin
 from trainables.bounds import BackendUnavailableError, UnsupportedLayerError
+from trainables.certify.bab import verify_bab
 from trainables.certify.exact import verify_exact
 from trainables.models.layers import Normalize
 
@@ -372,3 +373,149 @@ def test_train_mode_model_is_verified_in_eval_mode_and_restored():
     assert _statuses(verify_exact(model, x, y, 0.15, fast_path=False)) == expected
     assert model.training
     assert verify_exact(model, x[:0], y[:0], 0.15) == []
+
+
+# --- branch and bound (trainables/certify/bab.py) against the MILP and by construction ---
+
+#: MILP-sized random networks of every layer mix (tests/random_networks.py) as
+#: (family, input shape, eps, seed), chosen so that CROWN and alpha-CROWN leave samples for
+#: the search itself; the slow ones take the MILP tens of seconds.
+BAB_CASES = [
+    ("mlp", (1, 2, 2), 0.3, 0),
+    ("mlp", (1, 3, 3), 0.3, 2),
+    ("mlp_bn", (1, 2, 3), 0.15, 0),
+    ("mlp_bn", (1, 2, 3), 0.15, 1),
+    ("mlp_bn", (1, 2, 2), 0.25, 2),
+    ("nested_odd", (1, 3, 3), 0.25, 0),
+    ("nested_odd", (1, 3, 3), 0.4, 0),
+]
+SLOW_BAB_CASES = [
+    ("cnn", (1, 3, 3), 0.12, 1),
+    ("cnn", (1, 3, 3), 0.2, 1),
+    ("cnn_bn_pool", (1, 4, 4), 0.25, 1),
+]
+
+
+def _bab_against_milp(cases) -> None:
+    """Without the up-front attack, so that the search must find counterexamples itself.
+
+    Never verified where the MILP falsifies, never falsified where it verifies, decides
+    (nearly) everything the MILP decides, and the search (not only the bounds) is used."""
+    searched, decided, milp_decided, statuses = 0, 0, 0, set()
+    for family, shape, eps, seed in cases:
+        model = random_network(family, seed, shape)
+        x, y = _inputs(model, seed, 6, shape)
+        milp = verify_exact(model, x, y, eps, pgd_steps=10, pgd_restarts=1)
+        bab = verify_bab(model, x, y, eps, time_limit=30, pgd_steps=0)
+        for ours, theirs in zip(bab, milp, strict=True):
+            if theirs.status == "falsified":
+                assert ours.status != "verified", (family, seed)
+            if ours.status in DECIDED and theirs.status in DECIDED:
+                assert ours.status == theirs.status, (family, seed)
+            decided += ours.status in DECIDED
+            milp_decided += theirs.status in DECIDED
+            searched += ours.decided_by == "bab"
+            statuses.add(ours.status)
+    assert {"verified", "falsified"} <= statuses
+    assert decided >= milp_decided - 1
+    assert searched >= len(cases), f"only {searched} samples reached the search"
+
+
+def test_bab_agrees_with_the_milp_on_every_decided_sample():
+    _bab_against_milp(BAB_CASES)
+
+
+@pytest.mark.slow
+def test_bab_agrees_with_the_milp_on_harder_networks():
+    _bab_against_milp(SLOW_BAB_CASES)
+
+
+def test_bab_agrees_with_brute_force_on_two_dimensional_networks():
+    truths = []
+    for seed in range(3):
+        model = _mlp(seed, (2, 16, 16, 3))
+        x, y = _inputs(model, seed, 8, (2,))
+        lower, upper = linf_box(x, 0.15)
+        verdicts = verify_bab(model, x, y, 0.15, pgd_steps=0)
+        for b in range(len(x)):
+            truth = _brute_force_truth(model, lower[b], upper[b], int(y[b]))
+            truths.append(truth)
+            if truth is not None:
+                assert verdicts[b].status == truth, (seed, b)
+    assert {"verified", "falsified"} <= set(truths)
+
+
+def test_bab_known_answer_by_construction():
+    """|x_1 - x_2| against a threshold (see test_known_answer_by_construction)."""
+    threshold = 0.3
+    model = _abs_difference_network(threshold)
+    values = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
+    points = torch.cartesian_prod(values, values)
+    x = torch.cat([points, points])
+    y = torch.cat([torch.zeros(len(points)), torch.ones(len(points))]).long()
+    eps = 0.2
+    lower, upper = linf_box(x, eps)
+    gap_low = torch.stack(
+        [lower[:, 0] - upper[:, 1], lower[:, 1] - upper[:, 0], torch.zeros(len(x))]
+    ).amax(0)
+    gap_high = torch.stack([upper[:, 0] - lower[:, 1], upper[:, 1] - lower[:, 0]]).amax(0)
+    exact_margin = torch.where(y == 0, gap_low - threshold, threshold - gap_high)
+    verdicts = verify_bab(model, x, y, eps, pgd_steps=0)
+    for margin, verdict in zip(exact_margin, verdicts, strict=True):
+        if abs(margin) > 1e-3:
+            assert verdict.status == ("verified" if margin > 0 else "falsified")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_bab_counterexamples_lie_in_the_box_and_flip_the_prediction(dtype):
+    """Checked here on the float64 network, independently of the verifier's own check."""
+    deciders = set()
+    for seed in (2, 6):
+        model = _mlp(seed).to(dtype)
+        x, y = _inputs(model, seed, 6, (4,))
+        y[0] = (y[0] + 1) % 3  # one clean-misclassified sample
+        lower, upper = linf_box(x, 0.2)
+        for pgd_steps in (0, 20):
+            for b, verdict in enumerate(verify_bab(model, x, y, 0.2, pgd_steps=pgd_steps)):
+                if verdict.status != "falsified":
+                    assert verdict.x_adv is None
+                    continue
+                deciders.add(verdict.decided_by)
+                point = verdict.x_adv
+                assert point.dtype == dtype and point.shape == x[b].shape
+                assert (point >= lower[b]).all() and (point <= upper[b]).all()
+                with torch.no_grad():
+                    logits = model.double()(point[None].double())
+                    model.to(dtype)
+                assert true_class_margin(logits, y[b : b + 1]).item() <= 0
+    assert {"clean", "attack", "bab"} <= deciders
+
+
+def test_bab_a_tiny_time_limit_gives_timeouts_not_wrong_verdicts():
+    """The search gets 10 ms: what the bounds do not decide times out."""
+    model = _mlp(7, (8, 48, 48, 3))
+    x, y = _inputs(model, 7, 3, (8,))
+    verdicts = verify_bab(model, x, y, 0.2, time_limit=0.01, pgd_steps=0, root_iterations=1)
+    assert "timeout" in _statuses(verdicts)
+    for verdict in verdicts:
+        assert verdict.status == "timeout" or verdict.decided_by in ("crown", "alpha-crown")
+        assert verdict.x_adv is None
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"eps": -0.1}, "eps must be"),
+        ({"time_limit": 0}, "time_limit must be"),
+        ({"batch_domains": 0}, "batch_domains"),
+        ({"iterations": 0}, "iterations"),
+        ({"y": torch.tensor([0.0, 1.0])}, "integer labels"),
+        ({"y": torch.tensor([0, 3])}, "labels must lie in"),
+    ],
+)
+def test_bab_bad_arguments_are_rejected(options, message):
+    arguments = {"x": torch.full((2, 4), 0.5, dtype=torch.float64), "y": torch.tensor([0, 1])}
+    arguments["eps"] = 0.1
+    arguments.update(options)
+    with pytest.raises(ValueError, match=message):
+        verify_bab(_mlp(0), **arguments)

@@ -1,15 +1,20 @@
-"""Benchmark (not a test): bound propagation cost on CNN7 at 3x32x32, as ratios to a forward pass.
+"""Benchmark (not a test): bound propagation cost on CNN7 at 3x32x32, side by side in one run.
 
-    python tests/benchmarks/bench_bounds.py [--device cuda] [--full-crown]
+    python tests/benchmarks/bench_bounds.py [--device cuda] [--repeats 5] [--full-crown]
 
-Everything is measured in one run on the same model and inputs, so the ratios are
-comparable even on a noisy machine. Each measurement runs in a fresh subprocess so that its
-memory peak (CPU: max RSS growth; GPU: torch.cuda.max_memory_allocated) is its own.
+Two tables, every measurement on the same inputs (seeded, eps 2/255), each in a fresh
+subprocess so that its memory peak (CPU: max RSS growth; GPU: max_memory_allocated) is its
+own:
 
-Full CROWN at batch 8: by default one backward chunk is timed per ReLU layer and the total
-is projected from the measured unstable-neuron counts (printed as a projection); with
-``--full-crown`` the whole computation runs (projected at about 3 hours on 2 CPU cores for
-a randomly initialised CNN7, whose neurons are nearly all unstable; meant for a GPU).
+1. Half-width CNN7 with BatchNorm (channels 16-16-32-32-32, linear 128), batch 8: forward,
+   IBP, CROWN-IBP, full CROWN and alpha-CROWN (20 iterations, output slopes only: the
+   intermediate slopes of a CNN7 do not fit in memory), as seconds and ratios to IBP.
+2. Full-width CNN7 (64-64-128-128-128, linear 512): forward, IBP and CROWN-IBP at batch 32;
+   full CROWN at batch 8, projected from one timed chunk per ReLU layer and the exact
+   number of backward-pass units of that layer (printed as a projection); ``--full-crown``
+   runs it in full instead.
+
+Randomly initialised networks: nearly every neuron is unstable, the worst case for CROWN.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ import time
 import torch
 
 EPS = 2 / 255
+HALF = {"width": 16, "linear_size": 128}
 
 
-def _setup(device: str, batch: int):
+def _setup(device: str, batch: int, options: dict):
     from trainables.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("cnn7", (3, 32, 32), 10).to(device).eval()
+    model = build_model("cnn7", (3, 32, 32), 10, **options).to(device).eval()
     x = torch.rand(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     return model, x, y
@@ -49,11 +55,11 @@ def _timed(fn, device: str, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def _measure(task: str, device: str, batch: int, repeats: int, queue) -> None:
+def _measure(task: str, device: str, batch: int, repeats: int, options: dict, queue) -> None:
     """Run one measurement in this (fresh) process; put (seconds, peak bytes, extra)."""
     from trainables.bounds import compute_bounds, margin_spec
 
-    model, x, y = _setup(device, batch)
+    model, x, y = _setup(device, batch, options)
     lower, upper = (x - EPS).clamp(0, 1), (x + EPS).clamp(0, 1)
     C = margin_spec(y, 10)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -63,8 +69,18 @@ def _measure(task: str, device: str, batch: int, repeats: int, queue) -> None:
     with torch.no_grad():
         if task == "forward":
             seconds = _timed(lambda: model(x), device, repeats)
-        elif task in ("ibp", "crown-ibp", "crown"):
+        elif task in ("ibp", "crown-ibp"):
             seconds = _timed(lambda: compute_bounds(model, lower, upper, task, C), device, repeats)
+        elif task == "crown":  # minutes: one run, no warm-up
+            start = time.perf_counter()
+            compute_bounds(model, lower, upper, "crown", C)
+            _sync(device)
+            seconds = time.perf_counter() - start
+        elif task == "alpha-crown":
+            start = time.perf_counter()
+            compute_bounds(model, lower, upper, "alpha-crown", C, alpha_intermediate=False)
+            _sync(device)
+            seconds = time.perf_counter() - start
         else:  # "crown-projection"
             seconds, extra = _project_full_crown(model, lower, upper)
     if device.startswith("cuda"):
@@ -75,78 +91,102 @@ def _measure(task: str, device: str, batch: int, repeats: int, queue) -> None:
 
 
 def _project_full_crown(model, lower, upper):
-    """Time one chunk per ReLU layer; project the total from the unstable counts."""
+    """Per ReLU layer: time one chunk of backward-pass units, scale by the unit count.
+
+    Uses the same plan (row grouping, chunk size) as ``crown_relu_bounds``; the units are
+    exactly those full CROWN computes (the pairs IBP leaves unstable).
+    """
+    from trainables.bounds import linear
     from trainables.bounds.interval import propagate_intervals
-    from trainables.bounds.linear import (
-        DEFAULT_CHUNK_ELEMENTS,
-        ReLURelaxation,
-        _ibp_is_exact,
-        two_sided,
-    )
     from trainables.bounds.ops import ReLUOp, linearize
 
     ops, _ = linearize(model, (lower + upper) / 2)
+    ops, lower, upper = linear.prepare(ops, lower, upper)
     _, relu_bounds = propagate_intervals(ops, lower, upper)
-    relaxations = [ReLURelaxation.from_bounds(*b) for b in relu_bounds]
+    relaxations = [linear.ReLURelaxation.from_bounds(*b) for b in relu_bounds]
     positions = [i for i, op in enumerate(ops) if isinstance(op, ReLUOp)]
     centre, radius = (upper + lower) / 2, (upper - lower) / 2
-    batch = lower.shape[0]
-    total, rows_report = 0.0, []
+    total, report = 0.0, []
     for k, position in enumerate(positions):
         low, high = relu_bounds[k]
-        unstable = int(((low < 0) & (high > 0)).flatten(1).any(0).sum())
-        if _ibp_is_exact(ops[:position]) or unstable == 0:
-            rows_report.append((k + 1, unstable, 0.0, "IBP exact" if unstable else "stable"))
+        unstable = (low < 0) & (high > 0)
+        prefix = ops[:position]
+        if linear.ibp_is_exact(prefix) or not unstable.any():
+            report.append((k + 1, int(unstable.sum()), 0.0, "IBP exact or stable"))
             continue
-        shape = low.shape[1:]
-        rows = max(1, DEFAULT_CHUNK_ELEMENTS // (2 * batch * 64 * 32 * 32))
-        rows = min(rows, unstable)
-        A = low.new_zeros(batch, rows, shape.numel())
-        A[:, torch.arange(rows), torch.arange(rows)] = 1.0
+        convolutional = unstable.dim() == 4
+        plan = linear._row_plan(unstable, low) if convolutional else linear._DenseRows(unstable)
+        per_unit = plan.rows_per_unit * linear.row_elements(prefix, centre, convolutional)
+        units = min(plan.units, max(1, linear.DEFAULT_CHUNK_ELEMENTS // per_unit))
+        A, samples = plan.start(slice(0, units), low)
         start = time.perf_counter()
-        two_sided(ops[:position], A.reshape(batch, rows, *shape), relaxations[:k], centre, radius)
+        linear.backward_lower_bound(prefix, A, relaxations[:k], centre, radius, samples)
         chunk = time.perf_counter() - start
-        layer_total = chunk * unstable / rows
+        layer_total = chunk * plan.units / units
         total += layer_total
-        rows_report.append((k + 1, unstable, layer_total, f"{rows} neurons/chunk: {chunk:.2f} s"))
-    return total, rows_report
+        note = f"{type(plan).__name__}: {units} of {plan.units} units in {chunk:.2f} s"
+        report.append((k + 1, int(unstable.sum()), layer_total, note))
+    return total, report
 
 
-def run(task: str, device: str, batch: int, repeats: int):
+def run(task: str, device: str, batch: int, repeats: int, options: dict | None = None):
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_measure, args=(task, device, batch, repeats, queue))
+    process = context.Process(
+        target=_measure, args=(task, device, batch, repeats, options or {}, queue)
+    )
     process.start()
     result = queue.get()
     process.join()
     return result
 
 
+def _row(label: str, seconds: float, ratio: float, peak: int) -> str:
+    return f"| {label} | {seconds:.4f} | {ratio:.1f} | {peak / 2**20:.0f} |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--full-crown", action="store_true", help="run full CROWN in full")
+    parser.add_argument("--full-crown", action="store_true", help="run full-width CROWN in full")
     args = parser.parse_args()
-    print(f"CNN7 (width 64, linear 512) at 3x32x32, eps {EPS:.4f}, device {args.device}")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    forward, forward_mem, _ = run("forward", args.device, 32, args.repeats)
-    print(f"{'measurement':<34}{'seconds':>10}{'x forward':>11}{'peak MiB':>10}")
-    print(f"{'forward, batch 32':<34}{forward:>10.4f}{1.0:>11.2f}{forward_mem / 2**20:>10.1f}")
-    for method in ("ibp", "crown-ibp"):
-        seconds, peak, _ = run(method, args.device, 32, args.repeats)
-        ratio = seconds / forward
-        print(f"{method + ', batch 32':<34}{seconds:>10.4f}{ratio:>11.2f}{peak / 2**20:>10.1f}")
-    forward8, _, _ = run("forward", args.device, 8, args.repeats)
+    print(f"eps {EPS:.4f}, device {args.device}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}")  # fmt: skip
+
+    print("\nHalf-width CNN7 (16-16-32-32-32, linear 128) with BatchNorm, batch 8")
+    print("| measurement | seconds | x IBP | peak MiB |\n|---|---|---|---|")
+    ibp, ibp_mem, _ = run("ibp", args.device, 8, args.repeats, HALF)
+    forward, forward_mem, _ = run("forward", args.device, 8, args.repeats, HALF)
+    print(_row("forward", forward, forward / ibp, forward_mem))
+    print(_row("IBP", ibp, 1.0, ibp_mem))
+    for task, label in (
+        ("crown-ibp", "CROWN-IBP"),
+        ("crown", "CROWN (full)"),
+        ("alpha-crown", "alpha-CROWN (20 it., output slopes)"),
+    ):
+        seconds, peak, _ = run(task, args.device, 8, args.repeats, HALF)
+        print(_row(label, seconds, seconds / ibp, peak), flush=True)
+
+    print("\nFull-width CNN7 (64-64-128-128-128, linear 512) with BatchNorm")
+    print("| measurement | seconds | x IBP | peak MiB |\n|---|---|---|---|")
+    ibp32, ibp32_mem, _ = run("ibp", args.device, 32, args.repeats)
+    forward32, forward32_mem, _ = run("forward", args.device, 32, args.repeats)
+    crown_ibp32, crown_ibp32_mem, _ = run("crown-ibp", args.device, 32, args.repeats)
+    print(_row("forward, batch 32", forward32, forward32 / ibp32, forward32_mem))
+    print(_row("IBP, batch 32", ibp32, 1.0, ibp32_mem))
+    print(_row("CROWN-IBP, batch 32", crown_ibp32, crown_ibp32 / ibp32, crown_ibp32_mem))
+    ibp8, _, _ = run("ibp", args.device, 8, args.repeats)
     if args.full_crown:
         seconds, peak, _ = run("crown", args.device, 8, 1)
-        label = "full CROWN, batch 8"
+        label = "CROWN (full), batch 8"
     else:
         seconds, peak, layers = run("crown-projection", args.device, 8, 1)
-        label = "full CROWN, batch 8 (PROJECTED)"
+        label = "CROWN (full), batch 8, PROJECTED"
         for layer, unstable, layer_seconds, note in layers:
-            print(f"    ReLU layer {layer}: {unstable} unstable, {layer_seconds:8.1f} s ({note})")
-    print(f"{label:<34}{seconds:>10.1f}{seconds / forward8:>11.0f}{peak / 2**20:>10.1f}")
+            line = f"|    ReLU layer {layer}: {unstable} unstable | {layer_seconds:.1f} |"
+            print(f"{line} | {note} |")
+    print(_row(label, seconds, seconds / ibp8, peak))
 
 
 if __name__ == "__main__":

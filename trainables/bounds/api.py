@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from trainables.bounds import alpha
 from trainables.bounds.interval import interval_bounds
 from trainables.bounds.linear import DEFAULT_CHUNK_ELEMENTS, crown_bounds, crown_ibp_bounds
 from trainables.bounds.lirpa import lirpa_bounds
@@ -14,8 +15,8 @@ from trainables.bounds.ops import BatchStatistics, linearize
 from trainables.bounds.spec import margin_spec
 from trainables.models.modes import eval_mode
 
-Method = Literal["ibp", "crown-ibp", "crown"]
-METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "crown")
+Method = Literal["ibp", "crown-ibp", "crown", "alpha-crown"]
+METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "crown", "alpha-crown")
 BACKENDS: tuple[str, ...] = ("native", "auto_lirpa")
 
 
@@ -30,6 +31,9 @@ def compute_bounds(
     bn_statistics: BatchStatistics | None = None,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     backend: Literal["native", "auto_lirpa"] = "native",
+    alpha_iterations: int = alpha.ITERATIONS,
+    alpha_lr: float = alpha.LEARNING_RATE,
+    alpha_intermediate: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Sound lower and upper bounds of ``C f(x)`` (or ``f(x)``) for ``x`` in the input box.
 
@@ -38,8 +42,10 @@ def compute_bounds(
             BatchNorm1d/2d, AvgPool2d, Normalize and Identity layers.
         x_lower, x_upper: the box, ``[batch, *input_shape]``, ``x_lower <= x_upper``. Clip
             it to the data range before calling (``certify`` does).
-        method: "ibp", "crown-ibp" (IBP intermediates, linear relaxation at the output) or
-            "crown" (linear relaxation everywhere; evaluation only, see ``crown_relu_bounds``).
+        method: "ibp", "crown-ibp" (IBP intermediates, linear relaxation at the output),
+            "crown" (linear relaxation everywhere; evaluation only, see ``crown_relu_bounds``)
+            or "alpha-crown" (CROWN with optimised ReLU slopes, ``alpha.py``; evaluation
+            only, small networks). Every linear-relaxation result is intersected with IBP.
         C: optional spec ``[batch, specs, outputs]``; the result is then ``[batch, specs]``.
         bn_reference: the batch whose statistics BatchNorm layers in train mode use (the
             clean batch of the training step); default: the box centre. Running statistics
@@ -48,14 +54,22 @@ def compute_bounds(
             ``bn_reference``'s statistics by train-mode BatchNorm (no extra forward pass).
         chunk_elements: memory cap of full CROWN (see ``linear.DEFAULT_CHUNK_ELEMENTS``).
         backend: "native" (certsweep's own bounds) or "auto_lirpa" (needs auto_LiRPA >= 0.5).
+        alpha_iterations, alpha_lr: alpha-CROWN's bound evaluations (>= 1) and Adam step
+            size (defaults: auto_LiRPA's 20 and 0.5).
+        alpha_intermediate: alpha-CROWN also optimises the slopes of the intermediate
+            layers' backward passes (default, as auto_LiRPA); False keeps CROWN's
+            intermediate bounds and optimises the output's slopes only (much cheaper).
 
-    Differentiable with respect to the weights (and the box) for every method.
+    Differentiable with respect to the weights (and the box) for every method except
+    "alpha-crown", whose result carries no gradient.
     """
     _check_inputs(x_lower, x_upper, method, backend)
     if C is not None:
         _check_spec(C, x_lower)
+    if method == "alpha-crown":
+        alpha.check_options(alpha_iterations, alpha_lr, alpha.LEARNING_RATE_DECAY)
     if backend == "auto_lirpa":
-        return lirpa_bounds(model, x_lower, x_upper, method, C)
+        return lirpa_bounds(model, x_lower, x_upper, method, C, alpha_iterations, alpha_lr)
     reference = (x_lower + x_upper) / 2 if bn_reference is None else bn_reference
     ops, output = linearize(model, reference, bn_statistics)
     if C is not None and output[0].numel() != C.shape[2]:
@@ -66,7 +80,18 @@ def compute_bounds(
         return interval_bounds(ops, x_lower, x_upper, C)
     if method == "crown-ibp":
         return crown_ibp_bounds(ops, x_lower, x_upper, C)
-    return crown_bounds(ops, x_lower, x_upper, C, chunk_elements)
+    if method == "crown":
+        return crown_bounds(ops, x_lower, x_upper, C, chunk_elements)
+    return alpha.alpha_crown_bounds(
+        ops,
+        x_lower,
+        x_upper,
+        C,
+        iterations=alpha_iterations,
+        lr=alpha_lr,
+        optimize_intermediate=alpha_intermediate,
+        chunk_elements=chunk_elements,
+    )
 
 
 def certify(

@@ -16,7 +16,7 @@ and BatchNorm in train mode can use the statistics of this call's reference batc
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -341,3 +341,90 @@ def batchnorm_affine(layer: nn.Module, mean: Tensor, var: Tensor) -> tuple[Tenso
     if layer.bias is not None:
         shift = shift + layer.bias
     return scale, shift
+
+
+def fuse_affine(ops: list[Op], dense: bool = True) -> list[Op]:
+    """The same map with every per-channel affine op folded into the Linear/Conv before it.
+
+    ``BatchNorm(W x + b) = (s W) x + (s b + t)``: exact, and it saves the elementwise passes
+    of the channel op in every propagation. A channel op after a ReLU or at the start (the
+    input ``Normalize``) is kept: folding it into the next convolution would change what
+    that convolution's zero padding means. ``dense=False`` folds into convolutions only:
+    a large Linear's weight costs more to rescale (and to differentiate through, in
+    training) than the few activations its BatchNorm touches.
+    """
+    layers = (DenseOp, ConvOp) if dense else (ConvOp,)
+    fused: list[Op] = []
+    for op in ops:
+        previous = fused[-1] if fused else None
+        if isinstance(op, ChannelAffineOp) and isinstance(previous, layers):
+            fused[-1] = _fold_channel_affine(previous, op)
+        else:
+            fused.append(op)
+    return fused
+
+
+def _fold_channel_affine(op: DenseOp | ConvOp, channel: ChannelAffineOp) -> DenseOp | ConvOp:
+    view = (-1,) + (1,) * (op.weight.dim() - 1)
+    weight = op.weight * channel.scale.view(view)
+    bias = channel.shift if op.bias is None else op.bias * channel.scale + channel.shift
+    if isinstance(op, DenseOp):
+        return DenseOp(weight, bias)
+    return replace(op, weight=weight, bias=bias)
+
+
+def detached(ops: list[Op]) -> list[Op]:
+    """The same ops with every tensor detached from autograd (bounds that optimise their own
+    parameters, like alpha-CROWN, must not build graphs through the model's weights)."""
+    result: list[Op] = []
+    for op in ops:
+        tensors = {
+            field.name: getattr(op, field.name).detach()
+            for field in fields(op)
+            if isinstance(getattr(op, field.name), Tensor)
+        }
+        result.append(replace(op, **tensors))
+    return result
+
+
+#: ``densify`` turns a convolution into a matrix when the matrix has at most this many entries.
+DENSE_CONV_ELEMENTS = 2**22
+
+
+def densify(ops: list[Op], max_elements: int = DENSE_CONV_ELEMENTS) -> list[Op]:
+    """The same map with small convolutions as (reshape, matrix, reshape).
+
+    A matrix product is much cheaper than a transposed convolution for tiny images,
+    especially under autograd and in float64 (alpha-CROWN and branch and bound run hundreds
+    of backward passes through the same layers). The matrix is read off the convolution of
+    the unit basis, which is exact: each entry is one weight.
+    """
+    result: list[Op] = []
+    for op in ops:
+        in_size = int(torch.Size(op.in_shape).numel()) if isinstance(op, ConvOp) else 0
+        if not isinstance(op, ConvOp) or in_size * _conv_out_size(op) > max_elements:
+            result.append(op)
+            continue
+        basis = torch.eye(in_size, dtype=op.weight.dtype, device=op.weight.device)
+        columns = op._conv(basis.view(in_size, *op.in_shape), op.weight, None)
+        out_shape = tuple(columns.shape[1:])
+        matrix = columns.reshape(in_size, -1).T
+        bias = None
+        if op.bias is not None:
+            bias = op.bias.view(-1, 1, 1).expand(out_shape).reshape(-1)
+        result += [
+            ReshapeOp(op.in_shape, (in_size,)),
+            DenseOp(matrix, bias),
+            ReshapeOp((matrix.shape[0],), out_shape),
+        ]
+    return result
+
+
+def _conv_out_size(op: ConvOp) -> int:
+    sizes = [
+        (size + 2 * p - d * (k - 1) - 1) // s + 1
+        for size, p, d, k, s in zip(
+            op.in_shape[1:], op.padding, op.dilation, op.weight.shape[2:], op.stride, strict=True
+        )
+    ]
+    return op.weight.shape[0] * sizes[0] * sizes[1]

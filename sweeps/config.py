@@ -28,6 +28,7 @@ from pydantic import (
 
 from search_spaces import SearchSpace, SearchSpaceError, load_space
 from sweeps.checks import SweepCheck, complete_point
+from sweeps.trackers import Tracker, check_trackers
 from trainables.config import TrainConfig, flatten, load_config, unflatten
 from trainables.config_io import describe_errors, read_yaml_mapping
 from trainables.results import is_trial_metric
@@ -133,6 +134,9 @@ class SweepConfig(_Group):
     optuna_storage: Literal["none", "journal", "sqlite"] = Field(
         "none", description="durable study under <storage>/<name>/ (local storage paths only)"
     )
+    loggers: list[Tracker] = Field(
+        default_factory=list, description="experiment trackers: mlflow, tensorboard, wandb"
+    )
     _space: tuple[SpaceConfig, SearchSpace] | None = PrivateAttr(None)
 
     @field_validator("name")
@@ -154,6 +158,11 @@ class SweepConfig(_Group):
                 f" {self.storage!r} is a URI: use a path (a shared filesystem on a cluster)"
                 " or optuna_storage: none"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _trackers_can_write(self) -> SweepConfig:
+        check_trackers(self.loggers, is_uri(self.storage))
         return self
 
     def training_config(self, params: dict[str, Any] | None = None) -> TrainConfig:

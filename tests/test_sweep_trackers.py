@@ -75,5 +75,5 @@ def test_relative_stores_are_made_absolute_and_refused_under_job_submit(
     server = "http://mlflow.example:5000"
     assert MLflowTracker(name="mlflow", tracking_uri=server).tracking_uri == server
     monkeypatch.setenv(JOB_ENV, "{}")
-    with pytest.raises(SweepConfigError, match="loggers.0.tracking_uri: 'mlruns' is a relative"):
+    with pytest.raises(SweepConfigError, match=r"loggers\.0\.tracking_uri: 'mlruns' is a relative"):
         _sweep(tmp_path, [{"name": "mlflow", "tracking_uri": "mlruns"}], storage=str(tmp_path))

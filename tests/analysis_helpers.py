@@ -128,6 +128,7 @@ def write_sweep(
 def downgrade_to_v0(sweep_dir: Path) -> None:
     """Rewrite every trial file of a local sweep in the pre-release (v0) layout."""
     dropped = {"test_verifier", "nan_reason", "device_hours", "code_version", "written_at"}
+    dropped |= set(PROVENANCE)  # recorded since schema version 1
     for path in sorted((sweep_dir / "trials").glob("*.parquet")):
         table = pq.read_table(path)
         columns = {}

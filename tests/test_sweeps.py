@@ -14,8 +14,9 @@ from optuna.storages.journal import JournalFileBackend
 from sweep_helpers import write_short_demo
 
 from search_spaces import load_space
+from sweeps import CONFIGS_DIR
 from sweeps.__main__ import main
-from sweeps.config import CONFIGS_DIR, SweepConfigError, load_sweep
+from sweeps.config import SweepConfigError, load_sweep
 from sweeps.driver import SweepResourcesError, run_sweep
 from sweeps.progress import WIDTH
 from sweeps.state import SweepChangedError

@@ -19,6 +19,7 @@ from typing import Any
 
 from trainables.certify.dispatch import CERTIFY_METHODS, DEFAULT_RADII, certify, load_trained
 from trainables.certify.rows import result_rows, write_rows
+from trainables.cli import HelpFormatter
 from trainables.config import ConfigError
 from trainables.data import DatasetNotFoundError
 from trainables.training.checkpoint import CheckpointError
@@ -41,22 +42,26 @@ def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m trainables.certify") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m trainables.certify", description=__doc__.split("\n")[0]
+        prog=prog, description=__doc__.split("\n")[0], formatter_class=HelpFormatter
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt, its folder or a URI")
     parser.add_argument(
         "--method", required=True, action="append", choices=CERTIFY_METHODS, help="repeatable"
     )
-    parser.add_argument("--split", choices=("val", "test"), default="test")
+    parser.add_argument(
+        "--split", choices=("val", "test"), default="test", help="the split to certify"
+    )
     parser.add_argument("--subset", type=int, help="the first N samples of the split")
     parser.add_argument("--eps", type=float, help="L-inf radius (default: the checkpoint's)")
-    parser.add_argument("--radii", type=float, nargs="+", default=list(DEFAULT_RADII))
+    parser.add_argument(
+        "--radii", type=float, nargs="+", default=list(DEFAULT_RADII), help="L2 radii"
+    )
     parser.add_argument("--sigma", type=float, help="smoothing noise level")
-    parser.add_argument("--smoothing-n", type=int, default=100_000)
+    parser.add_argument("--smoothing-n", type=int, default=100_000, help="smoothing samples")
     parser.add_argument("--milp-time-limit", type=float, default=10.0, help="seconds/sample")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--out", help="write the rows to this Parquet file")
     args = parser.parse_args(argv)
     if args.subset is not None and args.subset < 1:

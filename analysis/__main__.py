@@ -14,16 +14,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis.loading import SchemaVersionError, SweepNotFoundError
+from trainables.cli import HelpFormatter
 
 _DIRECTIONS = {"max": "maximize", "min": "minimize", "maximize": "maximize", "minimize": "minimize"}
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n")[0])
+def build_parser(prog: str = "python -m analysis") -> argparse.ArgumentParser:
+    """The command line's parser (imports nothing heavy)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n")[0], formatter_class=HelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    report = commands.add_parser("report", help="summary, figures and an HTML page of a sweep")
-    recertify = commands.add_parser("recertify", help="certify the front with another verifier")
+    helps = {
+        "report": "summary, figures and an HTML page of a sweep",
+        "recertify": "certify the front with another verifier",
+    }
+    report, recertify = (
+        commands.add_parser(name, help=summary, description=summary, formatter_class=HelpFormatter)
+        for name, summary in helps.items()
+    )
     for command in (report, recertify):
         command.add_argument("sweep", help="<storage>/<sweep>: a local path or a URI")
         command.add_argument("--objectives", nargs="+", help="default: the sweep's own")
@@ -37,13 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     recertify.add_argument(
         "--verifier", required=True, help="a registered verifier: best, crown, milp, ..."
     )
-    recertify.add_argument("--split", default="test", choices=("test", "val"))
+    recertify.add_argument(
+        "--split", default="test", choices=("test", "val"), help="the split to certify"
+    )
     recertify.add_argument("--subset", type=int, help="first N examples of the split")
     recertify.add_argument("--trials", nargs="+", help="trial ids (default: the front)")
     recertify.add_argument(
         "--time-limit", type=float, default=60.0, help="seconds per sample (milp)"
     )
-    recertify.add_argument("--batch-size", type=int, default=256)
+    recertify.add_argument("--batch-size", type=int, default=256, help="examples per batch")
     recertify.add_argument(
         "--overwrite",
         action="store_true",
@@ -52,8 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m analysis") -> int:
+    args = build_parser(prog).parse_args(argv)
+    from analysis.loading import SchemaVersionError, SweepNotFoundError
+
     directions = args.directions and [_DIRECTIONS[d] for d in args.directions]
     try:
         if args.command == "report":

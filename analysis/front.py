@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import pareto
+from analysis.labels import LEAD_PARAMS
 from analysis.loading import load
 from trainables.results import PARAM_PREFIX, STATUSES, full_budget
 
@@ -111,13 +112,19 @@ def front_members(
 ) -> pd.DataFrame:
     """The front's members, best first objective first: trial id, objectives, the search's
     test metrics and verifier, ``extra`` columns (indexed by trial id, e.g. re-certified
-    accuracies), then the parameters (without ``param.``) set in some member, or with
-    ``varying_only`` only those that differ between members."""
+    accuracies), then the parameters (without ``param.``; method and teacher first) set in
+    some member, or with ``varying_only`` only those that differ between members."""
     names = objectives_of(trials, objectives)
     modes = directions_of(trials, names, directions)
     front = trials[pareto_front(trials, names, modes)["on_front"]]
-    tests = [c for c in ("test_clean_acc", "test_cert_acc", "test_verifier") if c in front]
+    tests = [
+        c
+        for c in ("test_clean_acc", "test_cert_acc", "test_verifier")
+        if c in front and c not in names
+    ]
     params = [c for c in front if c.startswith(PARAM_PREFIX) and front[c].notna().any()]
+    lead = [PARAM_PREFIX + name for name in LEAD_PARAMS]
+    params.sort(key=lambda c: lead.index(c) if c in lead else len(lead))  # stable
     if varying_only:
         params = [c for c in params if front[c].astype(str).nunique(dropna=False) > 1]
     table = front[["trial_id", *names, *tests]]

@@ -36,9 +36,13 @@ from optuna.importance import BaseImportanceEvaluator, FanovaImportanceEvaluator
 from analysis.front import finished, objectives_of
 from trainables.results import PARAM_PREFIX
 
-__all__ = ["param_importances", "study_from_trials"]
+__all__ = ["caveat", "param_importances", "study_from_trials"]
 
 LOG_SPAN = 100.0  # max / min at which a positive float parameter is read as log-scaled
+#: Fewer finished trials than this: no importances (a forest on a handful of points ranks
+#: noise). Fewer than ``FEW_TRIALS``: importances with a caveat (``caveat``).
+MIN_TRIALS = 8
+FEW_TRIALS = 20
 
 
 def _distribution(values: pd.Series) -> tuple[BaseDistribution, object] | None:
@@ -114,24 +118,41 @@ def study_from_trials(
     return study
 
 
+def caveat(trials: int) -> str | None:
+    """What importances from ``trials`` finished trials are worth, when that needs saying."""
+    if trials < MIN_TRIALS:
+        return f"not computed: {trials} finished trial(s), fewer than {MIN_TRIALS}"
+    if trials < FEW_TRIALS:
+        return (
+            f"from only {trials} trials: fANOVA's random forest fits few points, so this"
+            " ranking may change with the next trials; read it as a hint"
+        )
+    return None
+
+
 def param_importances(
     trials: pd.DataFrame,
     objectives: Sequence[str] | None = None,
     directions: Sequence[str] | None = None,
     evaluator: BaseImportanceEvaluator | None = None,
+    *,
+    min_trials: int = MIN_TRIALS,
 ) -> pd.DataFrame:
     """Importance of each parameter (rows) for each objective (columns), each column summing
     to 1 (all 0 for an objective with one value in every trial: fANOVA has no variance to
-    split); empty when fewer than two finished trials or no varying parameter.
-    ``attrs["trials"]`` is the number of trials the importances come from.
+    split); empty with fewer than ``min_trials`` (at least 2) finished trials or no varying
+    parameter. ``attrs["trials"]`` is the number of finished trials (``caveat`` says what
+    importances from so many are worth).
 
     ``evaluator`` defaults to fANOVA with a fixed seed, so reports are reproducible.
     """
     names = objectives_of(trials, objectives)
     study = study_from_trials(trials, names, directions)
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    if len(complete) < 2 or not complete[0].distributions:
-        return pd.DataFrame(columns=names, dtype=float)
+    if len(complete) < max(2, min_trials) or not complete[0].distributions:
+        empty = pd.DataFrame(columns=names, dtype=float)
+        empty.attrs["trials"] = len(complete)
+        return empty
     evaluator = evaluator or FanovaImportanceEvaluator(seed=0)
     columns = {}
     for i, name in enumerate(names):

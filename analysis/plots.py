@@ -16,34 +16,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from analysis.front import finished, hypervolume_progress, objectives_of, pareto_front
+from analysis.importance import MIN_TRIALS, caveat
+from analysis.labels import axis_label, certificate_source, describe_trial, key_params
 from trainables.results import PARAM_PREFIX
 
 __all__ = [
     "front_figure",
     "hypervolume_figure",
     "importance_figure",
-    "key_params",
     "learning_curves_figure",
 ]
-
-
-def key_params(rows: pd.DataFrame, limit: int = 3) -> list[str]:
-    """The parameter columns that vary most among ``rows`` (e.g. the front's members)."""
-    columns = [c for c in rows.columns if c.startswith(PARAM_PREFIX)]
-    distinct = {c: rows[c].astype(str).nunique() for c in columns}
-    varying = sorted((c for c in columns if distinct[c] > 1), key=lambda c: -distinct[c])
-    return varying[:limit]
-
-
-def _describe(row: pd.Series, params: Sequence[str]) -> str:
-    parts = []
-    for column in params:
-        value = row[column]
-        if pd.isna(value):
-            continue
-        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
-        parts.append(f"{column[len(PARAM_PREFIX) :]}={shown}")
-    return f"{row['trial_id']}: " + ", ".join(parts)
 
 
 def front_figure(
@@ -53,11 +35,13 @@ def front_figure(
     *,
     label: int = 3,
     params: Sequence[str] | None = None,
+    title: str = "front of the full-budget completed ones",
 ) -> Figure:
-    """Every trial on the first two objectives; the front joined and highlighted, pruned and
-    failed trials marked apart; ``label`` front members (its ends and evenly between)
-    annotated with ``params`` (parameter names; default: those varying most along the
-    front, ``key_params``)."""
+    """Every trial on the first two objectives (axes labelled with their certificates'
+    source); the front joined and highlighted, pruned and failed trials marked apart;
+    ``label`` front members (its ends and evenly between) annotated with ``params``
+    (parameter names; default: method and teacher, then those varying most along the front,
+    ``analysis.labels.key_params``)."""
     names = objectives_of(trials, objectives)
     x_name, y_name = names[0], names[1 % len(names)]
     figure = Figure(figsize=(7.5, 5.5), layout="constrained")
@@ -99,25 +83,33 @@ def front_figure(
         )
         shown = key_params(front) if params is None else [PARAM_PREFIX + p for p in params]
         picks = np.unique(np.linspace(0, len(front) - 1, min(label, len(front))).round())
-        middle = float(np.nanmean(trials[x_name])) if trials[x_name].notna().any() else 0.0
+        middle = [_middle(trials[x_name]), _middle(trials[y_name])]
         for k, i in enumerate(picks.astype(int)):
             row = front.iloc[i]
-            right = row[x_name] <= middle  # labels point into the plot, not off its edge
+            # labels point into the plot, not off its edges
+            right, up = row[x_name] <= middle[0], row[y_name] <= middle[1]
+            rise = 10 + 14 * (k % 2)
             ax.annotate(
-                _describe(row, shown),
+                describe_trial(row, shown),
                 (row[x_name], row[y_name]),
-                xytext=(8 if right else -8, 10 + 14 * (k % 2)),
+                xytext=(8 if right else -8, rise if up else -rise - 8),
                 textcoords="offset points",
                 ha="left" if right else "right",
                 fontsize=8,
                 bbox={"boxstyle": "round", "fc": "white", "alpha": 0.8},
             )
-    ax.set_xlabel(x_name)
-    ax.set_ylabel(y_name)
-    ax.set_title(f"{len(trials)} trials; front of the full-budget completed ones")
+    ax.set_xlabel(axis_label(trials, x_name))
+    ax.set_ylabel(axis_label(trials, y_name))
+    ax.set_title(f"{len(trials)} trials; {title}")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return figure
+
+
+def _middle(values: pd.Series) -> float:
+    """The middle of the values' range (0.5 without values)."""
+    shown = values.dropna()
+    return float((shown.min() + shown.max()) / 2) if len(shown) else 0.5
 
 
 def hypervolume_figure(
@@ -138,6 +130,7 @@ def hypervolume_figure(
     final = curve.iloc[-1] if len(curve) else 0.0
     ax.set_title(f"hypervolume over trials (reference {ref}; final {final:.4f})")
     ax.set_xlabel("trials ended")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("hypervolume")
     ax.grid(alpha=0.3)
     if improved.any():
@@ -179,10 +172,13 @@ def learning_curves_figure(
             shown = rows[_measured(rows, metric)]
             ax.plot(shown["epoch"], shown[metric], "o-", markersize=3, label=str(trial_id))
         ax.set_ylabel(metric)
+        source = certificate_source(front, metric, per_epoch=True)
+        if source is not None:
+            ax.set_title(source, fontsize=8, loc="left")
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("epoch")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0].set_title(f"learning curves of the {len(front)} front members")
+    figure.suptitle(f"learning curves of the {len(front)} front members")
     if len(front) <= 12:
         axes[0].legend(fontsize=7, ncols=2)
     return figure
@@ -192,8 +188,11 @@ def importance_figure(importances: pd.DataFrame) -> Figure:
     """Horizontal bars: each parameter's importance for each objective (``param_importances``)."""
     figure = Figure(figsize=(7.5, 1.5 + 0.45 * max(1, len(importances))), layout="constrained")
     ax = figure.add_subplot()
+    trials = importances.attrs.get("trials", 0)
+    note = caveat(trials)
     if importances.empty:
-        ax.text(0.5, 0.5, "too few finished trials for importances", ha="center")
+        why = note if trials < MIN_TRIALS else "no parameter varies among the finished trials"
+        ax.text(0.5, 0.5, f"importances {why}", ha="center", wrap=True)
         ax.set_axis_off()
         return figure
     positions = np.arange(len(importances))
@@ -203,9 +202,8 @@ def importance_figure(importances: pd.DataFrame) -> Figure:
     ax.set_yticks(positions + height * (len(importances.columns) - 1) / 2, importances.index)
     ax.invert_yaxis()
     ax.set_xlabel("importance (sums to 1 per objective)")
-    ax.set_title(
-        f"parameter importance over {importances.attrs.get('trials', '?')} finished trials"
-    )
+    title = f"parameter importance (fANOVA) over {trials} finished trials"
+    ax.set_title(title if note is None else f"{title}\nonly a hint: few trials", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return figure

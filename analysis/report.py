@@ -27,7 +27,8 @@ from analysis.front import (
     hypervolume,
     objectives_of,
 )
-from analysis.importance import param_importances
+from analysis.importance import caveat, param_importances
+from analysis.labels import CERTIFIED, MISSING, certificate_source, row_verifiers
 from analysis.loading import load
 from analysis.plots import (
     front_figure,
@@ -43,7 +44,23 @@ from trainables.results import (
     read_recertified,
 )
 
-__all__ = ["Report", "build_report", "failures_table", "front_table", "markdown_table"]
+__all__ = [
+    "Report",
+    "build_report",
+    "certificate_lines",
+    "failures_table",
+    "front_table",
+    "labelled",
+    "markdown_table",
+    "test_objectives",
+]
+
+#: Said above the test-split front: it is there to report, not to choose by.
+TEST_FRONT_NOTE = (
+    "The same full-budget trials ranked on their test-split metrics (the final evaluation),"
+    " with their validation objectives alongside. The search chose on validation; choosing"
+    " models on this front would select on the test set."
+)
 
 
 @dataclass(frozen=True)
@@ -57,11 +74,11 @@ class Report:
 
 def markdown_table(df: pd.DataFrame, digits: int = 4) -> str:
     """A GitHub-flavoured markdown table (floats to ``digits`` significant digits, missing
-    values blank)."""
+    values as ``MISSING``)."""
 
     def cell(value: object) -> str:
         if value is None or (not isinstance(value, str) and pd.isna(value)):
-            return ""
+            return MISSING
         text = f"{value:.{digits}g}" if isinstance(value, float) else str(value)
         return text.replace("|", "\\|").replace("\n", " ")
 
@@ -101,11 +118,71 @@ def front_table(
     objectives: Sequence[str] | None = None,
     directions: Sequence[str] | None = None,
     recertified: pd.DataFrame | None = None,
+    *,
+    varying_only: bool = False,
+    also: Sequence[str] = (),
 ) -> pd.DataFrame:
     """The front's members (``analysis.front.front_members``) with the re-certified
-    accuracies next to the search's own test numbers."""
-    recert = None if recertified is None else _recertified_columns(recertified)
-    return front_members(trials, objectives, directions, extra=recert)
+    accuracies next to the search's own test numbers (``also``: more metric columns)."""
+    extras = [trials.set_index("trial_id")[list(also)]] if also else []
+    if recertified is not None and (recert := _recertified_columns(recertified)) is not None:
+        extras.append(recert)
+    extra = pd.concat(extras, axis=1) if extras else None
+    return front_members(trials, objectives, directions, varying_only=varying_only, extra=extra)
+
+
+def test_objectives(trials: pd.DataFrame, objectives: Sequence[str]) -> list[str] | None:
+    """The objectives with each ``val_*`` one replaced by its test-split twin, when the
+    trials have it; None when there is none (no test-split front to show)."""
+    twins = []
+    for name in objectives:
+        twin = "test_" + name.removeprefix("val_")
+        usable = name.startswith("val_") and twin in trials and trials[twin].notna().any()
+        twins.append(twin if usable else name)
+    return twins if twins != list(objectives) else None
+
+
+def labelled(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """Certified columns named with their verifier (``val_cert_acc [crown-ibp]``) when the
+    rows have one; ``test_verifier`` is then left out (it says the same)."""
+    names = {}
+    for column in table.columns:
+        match = CERTIFIED.fullmatch(str(column))
+        if match:
+            shown = trials[trials["trial_id"].isin(table["trial_id"])]
+            verifiers = row_verifiers(shown, match.group(1)).dropna().unique()
+            if len(verifiers) == 1:
+                names[column] = f"{column} [{verifiers[0]}]"
+    table = table.rename(columns=names)
+    if "test_cert_acc" in names:
+        table = table.drop(columns=["test_verifier"], errors="ignore")
+    return table
+
+
+def _same_on_front(full: pd.DataFrame, shown: pd.DataFrame) -> list[str]:
+    """``- Same on the whole front: key=value, ...`` for parameters left out of ``shown``."""
+    same = [c for c in full.columns if c not in shown.columns and c != "test_verifier"]
+    if not same or full.empty:
+        return []
+    values = ", ".join(f"{c}={_text(full[c].iloc[0])}" for c in same)
+    return ["", f"Same on the whole front: {values}"]
+
+
+def _text(value: object) -> str:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return MISSING
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def certificate_lines(trials: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """``- Certificates: val_cert_acc: crown-ibp, eps 0.1, validation split; ...`` for the
+    certified ones of ``columns`` (none: no line)."""
+    sources = []
+    for column in dict.fromkeys(columns):
+        source = certificate_source(trials, column)
+        if source is not None and column in trials and trials[column].notna().any():
+            sources.append(f"{column}: {source}")
+    return [f"- Certificates: {'; '.join(sources)}"] if sources else []
 
 
 def _why(row: pd.Series) -> str:
@@ -141,26 +218,29 @@ def _overview(
     goals = ", ".join(f"{n} ({d[:3]})" for n, d in zip(names, modes, strict=True))
     used = int(trials["epochs_run"].sum())
     budget = int(trials["total_epochs"].sum())
-    share = f" ({used / budget:.0%})" if budget else ""
+    share = (
+        f" ({used / budget:.0%} of the epochs all trials would run to the end)" if budget else ""
+    )
     ref = "0 per objective" if reference is None else str(list(reference))
     volume = hypervolume(trials, names, directions, reference)
     return [
         f"- Trials: {len(trials)} ({statuses})",
         f"- Objectives: {goals}",
-        f"- Budget used: {used} of {budget} epochs (every trial run to the end){share}; "
-        f"{_total(trials, 'wall_time_s', 1 / 3600, 'h wall time, summed over trials')}"
-        f"; {_total(trials, 'device_hours', 1.0, 'device-hours')}",
+        f"- Budget used: {used} of {budget} epochs{share}; "
+        f"{_total(trials, 'wall_time_s', 1 / 3600, ' h', 'wall time, summed over trials')}"
+        f"; {_total(trials, 'device_hours', 1.0, '', 'device-hours')}",
         f"- Hypervolume: {volume:.4f} (reference {ref}; {int(finished(trials).sum())}"
         " full-budget completed trials)",
     ]
 
 
-def _total(trials: pd.DataFrame, column: str, scale: float, unit: str) -> str:
+def _total(trials: pd.DataFrame, column: str, scale: float, unit: str, what: str) -> str:
     """A summed cost, or that it was not recorded (older files, trials that never reported)."""
     values = trials[column].dropna()
     if values.empty:
-        return f"{unit}: not recorded"
-    return f"{values.sum() * scale:.3f} {unit} ({len(values)} of {len(trials)} trials recorded)"
+        return f"{what}: not recorded"
+    total = f"{values.sum() * scale:.3f}{unit}"
+    return f"{total} {what} ({len(values)} of {len(trials)} trials recorded)"
 
 
 def _png(figure: Figure) -> bytes:
@@ -170,16 +250,28 @@ def _png(figure: Figure) -> bytes:
 
 
 def _html_table(df: pd.DataFrame) -> str:
+    """A table in a box that scrolls sideways when it is wider than the page."""
     if df.empty:
         return "<p>none</p>"
-    return df.to_html(index=False, na_rep="", float_format="{:.4g}".format, border=0)
+    text = df.map(_text).to_html(index=False, border=0)
+    return f"<div class='scroll'>{text}</div>"
+
+
+def _paragraph(text: str) -> str:
+    return f"<p class='note'>{html.escape(text)}</p>"
 
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1.5em; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.6em; text-align: right; }
-th { background: #f3f3f3; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222;
+       padding: 0 1em; }
+.scroll { overflow-x: auto; margin: 0.5em 0 1.5em; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.6em; text-align: right;
+         white-space: nowrap; }
+th { background: #f3f3f3; white-space: normal; vertical-align: bottom; }
+td:first-child, th:first-child { position: sticky; left: 0; background: #fff; }
+th:first-child { background: #f3f3f3; }
+.note { color: #555; font-size: 0.9em; max-width: 80ch; }
 img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
 """
 
@@ -222,10 +314,25 @@ def build_report(
     names = objectives_of(trials, objectives)
     directions = directions_of(trials, names, directions)
     recertified = read_recertified(location)
-    front = front_table(trials, names, directions, recertified)
+    front = labelled(front_table(trials, names, directions, recertified), trials)
+    narrow = labelled(
+        front_table(trials, names, directions, recertified, varying_only=True), trials
+    )
+    tests = test_objectives(trials, names)
+    test_front = None
+    if tests is not None:
+        test_front = labelled(
+            front_table(trials, tests, directions, recertified, also=names), trials
+        )
     failures = failures_table(trials)
     importances = param_importances(trials, names, directions)
-    overview = _overview(trials, names, directions, reference) + _recertified_lines(recertified)
+    importance_note = caveat(importances.attrs.get("trials", 0))
+    certified = [*names, *(tests or []), "test_cert_acc"]
+    overview = [
+        *_overview(trials, names, directions, reference),
+        *certificate_lines(trials, certified),
+        *_recertified_lines(recertified),
+    ]
     title = f"Sweep {location.sweep}"
     markdown = [
         f"# {title}",
@@ -234,19 +341,22 @@ def build_report(
         *overview,
         "",
         f"## Pareto front ({len(front)} trials)",
-        markdown_table(front) if len(front) else "no full-budget completed trials yet",
+        markdown_table(narrow) if len(front) else "no full-budget completed trials yet",
+        *_same_on_front(front, narrow),
         "",
         f"## Failures ({len(failures)})",
         markdown_table(failures) if len(failures) else "none",
     ]
     figures = {
-        "front": front_figure(
-            trials, names, directions, params=list(importances.index[:3]) or None
-        ),
+        "front": front_figure(trials, names, directions),
         "hypervolume": hypervolume_figure(trials, names, directions, reference),
         "learning_curves": learning_curves_figure(trials, epochs, names, directions),
         "importance": importance_figure(importances),
     }
+    if tests is not None:
+        figures["test_front"] = front_figure(
+            trials, tests, directions, title=f"front on the test split ({', '.join(tests)})"
+        )
     fs, folder = _output(location, out, filesystem)
     fs.create_dir(folder, recursive=True)
     images, embedded = [], {}
@@ -260,11 +370,23 @@ def build_report(
     def img(name: str) -> str:
         return f"<img alt='{name}' src='data:image/png;base64,{embedded[name]}'>"
 
-    sections = [
-        (f"Pareto front ({len(front)} trials)", img("front") + _html_table(front)),
+    sections = [(f"Pareto front ({len(front)} trials)", img("front") + _html_table(front))]
+    if test_front is not None:
+        sections.append(
+            (
+                f"Test-split front ({len(test_front)} trials)",
+                _paragraph(TEST_FRONT_NOTE) + img("test_front") + _html_table(test_front),
+            )
+        )
+    sections += [
         ("Hypervolume over trials", img("hypervolume")),
         ("Learning curves of the front", img("learning_curves")),
-        ("Parameter importance", img("importance") + _html_table(importances.reset_index())),
+        (
+            "Parameter importance",
+            (_paragraph(f"Importances {importance_note}.") if importance_note else "")
+            + img("importance")
+            + ("" if importances.empty else _html_table(importances.reset_index())),
+        ),
         (f"Failures ({len(failures)})", _html_table(failures)),
     ]
     page = f"{folder}/index.html"

@@ -7,7 +7,8 @@ it can before Ray starts (storage, the sweep's lock, its recorded settings), sta
 Ray unless it runs under ``ray job submit`` or ``RAY_ADDRESS`` names a cluster, and resumes
 the sweep if its results folder already holds one (a larger ``--num-trials`` extends it).
 Exit codes: 0 when the sweep has a completed trial, 1 when none completed, 2 when it could
-not start (bad input: one message).
+not start (bad input: one message). ``--set key=value`` overrides any key of the file
+(``sampler.seed=1``, ``training.epochs=3``, ``space.overrides.optim.lr=null``).
 """
 
 from __future__ import annotations
@@ -15,18 +16,30 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sweeps.config import CONFIGS_DIR, SweepConfigError, check_sweep, on_cluster
+from sweeps import CONFIGS_DIR
+from trainables.cli import HelpFormatter, add_set_option, parse_set
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sweeps", description=__doc__.split("\n")[0])
+def build_parser(prog: str = "python -m sweeps") -> argparse.ArgumentParser:
+    """The command line's parser (imports nothing heavy)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n")[0], formatter_class=HelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("validate", "run"):
-        command = commands.add_parser(name)
+    helps = {"validate": "check a sweep config, start nothing", "run": "run a sweep"}
+    for name, summary in helps.items():
+        command = commands.add_parser(
+            name, help=summary, description=summary, formatter_class=HelpFormatter
+        )
         command.add_argument("config", help=f"sweep YAML (ready ones: {CONFIGS_DIR})")
         command.add_argument("--storage", help="results root (path or URI); overrides the file")
         command.add_argument(
             "--num-trials", type=int, help="overrides num_trials (a larger one extends a sweep)"
+        )
+        add_set_option(
+            command,
+            "a sweep key: num_trials=8, sampler.seed=1, training.<training key>,"
+            " space.overrides.<parameter>",
         )
     run = commands.choices["run"]
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
@@ -39,8 +52,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="take over the lock of a driver that died (object-store storage only)",
     )
-    args = parser.parse_args(argv)
-    overrides = {}
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m sweeps") -> int:
+    args = build_parser(prog).parse_args(argv)
+    from sweeps.config import SweepConfigError, check_sweep, on_cluster
+
+    try:
+        overrides = parse_set(args.set, SweepConfigError)
+    except SweepConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.storage:
         overrides["storage"] = args.storage
     if args.num_trials is not None:

@@ -28,11 +28,10 @@ from pydantic import (
 
 from search_spaces import SearchSpace, SearchSpaceError, load_space
 from sweeps.checks import SweepCheck, complete_point
+from sweeps.trackers import Tracker, check_trackers
 from trainables.config import TrainConfig, flatten, load_config, unflatten
 from trainables.config_io import describe_errors, read_yaml_mapping
 from trainables.results import is_trial_metric
-
-CONFIGS_DIR = Path(__file__).parent / "configs"
 
 #: A sweep name is a folder under the storage: no path separators, no "." or ".." alone.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -133,6 +132,9 @@ class SweepConfig(_Group):
     optuna_storage: Literal["none", "journal", "sqlite"] = Field(
         "none", description="durable study under <storage>/<name>/ (local storage paths only)"
     )
+    loggers: list[Tracker] = Field(
+        default_factory=list, description="experiment trackers: mlflow, tensorboard, wandb"
+    )
     _space: tuple[SpaceConfig, SearchSpace] | None = PrivateAttr(None)
 
     @field_validator("name")
@@ -154,6 +156,11 @@ class SweepConfig(_Group):
                 f" {self.storage!r} is a URI: use a path (a shared filesystem on a cluster)"
                 " or optuna_storage: none"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _trackers_can_write(self) -> SweepConfig:
+        check_trackers(self.loggers, is_uri(self.storage))
         return self
 
     def training_config(self, params: dict[str, Any] | None = None) -> TrainConfig:
@@ -196,7 +203,8 @@ def check_sweep(
     ``sweeps run``), so a missing dataset or device is an error, not a warning."""
     path = Path(path)
     raw = read_yaml_mapping(path, "sweep config", SweepConfigError)
-    raw.update(overrides or {})
+    for key, value in (overrides or {}).items():
+        set_key(raw, key, value)
     try:
         sweep = SweepConfig.model_validate(raw)
     except ValidationError as err:
@@ -221,6 +229,27 @@ def check_sweep(
         raise SweepConfigError("\n".join([f"invalid sweep config {path}:", *problems]))
     never = [f"space: {w.message}" for w in caught if issubclass(w.category, UserWarning)]
     return CheckedSweep(sweep, never + found)
+
+
+#: Groups whose own keys are dotted: ``training.optim.lr`` sets the key ``optim.lr`` there.
+DOTTED_GROUPS = ("space.overrides", "training")
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted ``key`` of a raw sweep config (``sampler.seed``, ``training.optim.lr``,
+    ``space.overrides.optim.lr``); ``SweepConfigError`` when a key on the way is no mapping."""
+    parts = key.split(".")
+    for group in DOTTED_GROUPS:
+        if key.startswith(group + "."):
+            parts = [*group.split("."), key[len(group) + 1 :]]
+            break
+    target = raw
+    for depth, part in enumerate(parts[:-1]):
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            where = ".".join(parts[: depth + 1])
+            raise SweepConfigError(f"--set {key}: {where} is not a mapping in the sweep config")
+    target[parts[-1]] = value
 
 
 def _from_command_line(line: str, overrides: dict[str, Any] | None) -> str:

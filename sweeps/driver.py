@@ -50,6 +50,8 @@ from sweeps.study import (
     study_storage,
 )
 from sweeps.teachers import prepare_teachers
+from sweeps.trackers import JOB_ENV
+from sweeps.trackers import callbacks as tracker_callbacks
 from trainables.results import (
     COMPLETED,
     DamagedFileWarning,
@@ -64,10 +66,10 @@ from trainables.results.storage import check_writable, is_uri
 from trainables.tune import run_trial
 
 DRIVER_CPUS = 1  # a DDP trial's own process: it drives the Ray Train run of its workers
-#: Set in the environment of a ``ray job submit`` entrypoint.
-JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 #: Tune's switch between its new output engine (1) and the legacy one (0, silent at verbose 0).
 TUNE_NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"
+#: Set to 1: Tune adds no logger callbacks of its own (``sweeps.trackers.callbacks`` does).
+TUNE_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 #: Skips the resource check, for autoscaling clusters whose nodes start on demand.
 SKIP_RESOURCE_CHECK = "CERTSWEEP_SKIP_RESOURCE_CHECK"
 
@@ -349,6 +351,7 @@ def _run_trials(
     print(f"running {remaining} trial(s) as Tune experiment {experiment!r}", flush=True)
     if not verbose:  # Tune's new output engine prints its banner even when silent
         os.environ[TUNE_NEW_OUTPUT] = "0"
+    os.environ[TUNE_AUTO_LOGGERS] = "1"  # TensorBoard files only when loggers ask for them
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -365,18 +368,17 @@ def _run_trials(
         run_config=tune.RunConfig(
             name=experiment,
             storage_path=f"{results}/ray",
-            callbacks=sweep_callbacks(sink, printer),
+            # The Parquet rows first: the printer reads the status they record.
+            callbacks=[
+                sink,
+                printer,
+                *tracker_callbacks(sweep.loggers, sweep.name, experiment, results),
+            ],
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
             verbose=2 if verbose else 0,
         ),
     )
     tuner.fit()
-
-
-def sweep_callbacks(sink: ParquetSink, printer: ProgressPrinter) -> list[tune.Callback]:
-    """The driver's Tune callbacks, in order: the Parquet rows first (the printer reads the
-    status they record); experiment-tracker loggers would join this list."""
-    return [sink, printer]
 
 
 def write_report(results: str, sweep: SweepConfig) -> None:

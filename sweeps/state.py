@@ -22,13 +22,21 @@ import pyarrow.fs as pafs
 
 from search_spaces import SearchSpace
 from sweeps.config import SweepConfig
+from sweeps.trackers import MLFLOW_DB
 from trainables.config import flatten
 from trainables.results.storage import SweepLocation, exists, write_bytes_atomic
 
 STATE_NAME = "sweep.json"
 #: Sweep settings a resumed run may change: where the results go and how it is watched,
 #: its pace, its retries; ``num_trials`` may grow.
-MAY_CHANGE = ("storage", "report_every_s", "max_concurrent", "max_failures", "num_trials")
+MAY_CHANGE = (
+    "storage",
+    "report_every_s",
+    "loggers",
+    "max_concurrent",
+    "max_failures",
+    "num_trials",
+)
 #: Training settings that change where things are, not what a trial computes.
 MAY_CHANGE_TRAINING = (
     "dataset.root",
@@ -48,6 +56,7 @@ SWEEP_CONTENTS = (
     "recertified",
     "optuna.journal",
     "optuna.sqlite3",
+    MLFLOW_DB,
     STATE_NAME,
 )
 

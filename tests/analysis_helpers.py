@@ -31,6 +31,16 @@ PARAM_TYPES = {
 }
 
 
+#: The evaluation settings every reporting trial records (``PROVENANCE_COLUMNS``).
+PROVENANCE = {
+    "eval_verifier": "ibp",
+    "eval_split": "val",
+    "final_verifier": "crown-ibp",
+    "final_split": "test",
+    "cert_eps": 0.1,
+}
+
+
 def _epoch(epoch: int, clean: float, cert: float) -> dict[str, Any]:
     # the lr and the certified accuracy climb, so learning curves have a shape
     return {
@@ -87,6 +97,8 @@ def write_sweep(
         epochs = 1 if status == "pruned" else EPOCHS
         history = {e: _epoch(e, clean, cert) for e in range(1, epochs + 1)}
         last = dict(history[epochs])
+        if status != "failed":  # what produced the certified columns
+            last.update(PROVENANCE)
         error = None
         if status == "failed":
             error = f"Traceback ...\nRuntimeError: CUDA out of memory ({i})"
@@ -116,6 +128,7 @@ def write_sweep(
 def downgrade_to_v0(sweep_dir: Path) -> None:
     """Rewrite every trial file of a local sweep in the pre-release (v0) layout."""
     dropped = {"test_verifier", "nan_reason", "device_hours", "code_version", "written_at"}
+    dropped |= set(PROVENANCE)  # recorded since schema version 1
     for path in sorted((sweep_dir / "trials").glob("*.parquet")):
         table = pq.read_table(path)
         columns = {}

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from sweeps.config import CONFIGS_DIR
+from sweeps import CONFIGS_DIR
 
 
 def write_short_demo(

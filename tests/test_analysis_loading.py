@@ -14,6 +14,7 @@ import pytest
 from analysis_helpers import EPOCHS, OBJECTIVES, downgrade_to_v0, write_sweep
 
 from analysis import SchemaVersionError, SweepNotFoundError, load
+from trainables.results.schema import PROVENANCE_COLUMNS
 
 
 @pytest.fixture
@@ -94,6 +95,7 @@ def test_schema_v0_is_migrated(storage: Path) -> None:
     assert set(old["schema_version"]) == {0}
     assert "epochs" not in old and set(old["status"]) == set(current["status"])
     added = ["test_verifier", "nan_reason", "device_hours", "code_version", "written_at"]
+    added += list(PROVENANCE_COLUMNS)
     assert old[added].isna().all().all()
     same = [c for c in current.columns if c not in [*added, "schema_version"]]
     pd.testing.assert_frame_equal(old[same], current[same])

@@ -27,7 +27,8 @@ from analysis import (
     pareto_front,
 )
 from analysis.__main__ import main
-from analysis.importance import study_from_trials
+from analysis.importance import caveat, study_from_trials
+from analysis.labels import axis_label, certificate_source, describe_trial, key_params
 from analysis.loading import find_sweeps
 from trainables.results import read_recertified, write_recertified
 
@@ -136,20 +137,41 @@ def test_report(sweep: str, tmp_path: Path, version: int) -> None:
     assert Path(report.html_path) == tmp_path / "out" / "index.html"
     for path in report.image_paths:
         assert Path(path).read_bytes().startswith(PNG)
-    page = check_page(Path(report.html_path).read_text())
-    assert len(page.images) == 4 and page.tables >= 3
-    assert "test_cert_acc [milp]" in "".join(page.text)
+    html_text = Path(report.html_path).read_text()
+    page = check_page(html_text)
+    assert len(page.images) == 5 and page.tables >= 4  # with the test-split front
+    text = "".join(page.text)
+    assert "test_cert_acc [milp]" in text and "Test-split front" in text
+    assert "<NA>" not in html_text and ">nan<" not in html_text and "<td></td>" not in html_text
+    assert "<td>–</td>" in html_text  # sabr_lambda of the other methods
+    assert html_text.count("<div class='scroll'><table") == page.tables  # wide tables scroll
 
     markdown = report.markdown
-    assert (
-        "## Pareto front" in markdown and "| trial_id | val_clean_acc | val_cert_acc |" in markdown
-    )
     assert "test_cert_acc [milp]" in markdown and "0.1235" in markdown
     assert "Hypervolume:" in markdown and "reference 0 per objective" in markdown
     assert "RuntimeError: CUDA out of memory" in markdown  # failures and why
-    # v0 files had no nan_reason column
+    # v0 files had no nan_reason column, nor the certificates' provenance
     assert ("loss is nan in epoch 3" in markdown) == (version == 1)
-    assert "Budget used:" in markdown
+    assert "Budget used: 82 of 90 epochs (91% of the epochs all trials would run" in markdown
+    header = next(line for line in markdown.splitlines() if line.startswith("| trial_id"))
+    if version == 1:
+        assert header.startswith(
+            "| trial_id | val_clean_acc | val_cert_acc [ibp] | test_clean_acc"
+            " | test_cert_acc [crown-ibp] |"
+        )
+        assert (
+            "- Certificates: val_cert_acc: ibp, eps 0.1, validation split;"
+            " test_cert_acc: crown-ibp, eps 0.1, test split"
+        ) in markdown
+    else:
+        assert "| val_cert_acc | test_clean_acc | test_cert_acc |" in header
+        assert "val_cert_acc: validation split; verifier and eps not recorded" in markdown
+    # the markdown front names only the parameters that differ on it, the rest below it
+    front = trials[pareto_front(trials)["on_front"]]
+    for name in ("method.name", "optim.lr", "model.width"):
+        varies = front[f"param.{name}"].nunique() > 1
+        assert (f" {name} |" in header) == varies
+        assert (f"{name}=" in markdown.split("Same on the whole front:")[-1]) == (not varies)
 
 
 def test_cli_report(sweep: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -181,3 +203,67 @@ def test_report_when_an_objective_never_varies(tmp_path: Path) -> None:
     assert (table["val_cert_acc"] == 0).all() and np.isclose(table["val_clean_acc"].sum(), 1)
     report = build_report(str(tmp_path / "s" / "flat"))
     check_page(Path(report.html_path).read_text())
+
+
+def test_certified_numbers_are_labelled_with_their_source() -> None:
+    rows = pd.DataFrame(
+        {
+            "trial_id": ["a", "b", "c"],
+            "val_cert_acc": [0.5, 0.4, 0.3],
+            "test_cert_acc": [0.45, 0.35, None],
+            "eval_verifier": ["crown-ibp", "crown-ibp", "ibp"],
+            "eval_split": ["val", "val", "val"],
+            "final_verifier": ["crown", "crown", "crown"],
+            "final_split": ["test", "test", "val"],  # c: certified val at the end
+            "cert_eps": [0.1, 0.1, 0.1],
+        }
+    )
+    assert certificate_source(rows, "test_cert_acc") == "crown, eps 0.1, test split"
+    assert certificate_source(rows, "val_cert_acc") == (
+        "crown-ibp (2) / crown (1), eps 0.1, validation split"
+    )
+    epochs = certificate_source(rows, "val_cert_acc", per_epoch=True)
+    assert epochs == "crown-ibp (2) / ibp (1), eps 0.1, validation split"
+    assert certificate_source(rows, "val_clean_acc") is None
+    assert axis_label(rows, "val_clean_acc") == "val_clean_acc"
+    assert axis_label(rows[:2], "val_cert_acc") == (
+        "val_cert_acc\n(crown-ibp, eps 0.1, validation split)"
+    )
+    done = {"val_clean_acc": [0.6, 0.7, 0.8], "status": "completed", "epochs_run": 3}
+    figure = front_figure(rows.assign(**done, total_epochs=3))
+    assert figure.axes[0].get_ylabel() == axis_label(rows, "val_cert_acc")
+
+
+def test_points_are_labelled_by_method_and_teacher_first() -> None:
+    rows = pd.DataFrame(
+        {
+            "trial_id": ["a", "b", "c"],
+            "param.optim.lr": [0.1, 0.01, 0.001],
+            "param.model.width": [8, 8, 16],
+            "param.teacher.name": ["none", "pgd-at", "pgd-at"],
+            "param.method.name": ["ibp", "ibp", "ibp"],  # the same on all: still first
+        }
+    )
+    params = key_params(rows)
+    assert params == ["param.method.name", "param.teacher.name", "param.optim.lr"]
+    assert describe_trial(rows.iloc[0], params) == "a: ibp, no teacher, optim.lr=0.1"
+    assert describe_trial(rows.iloc[1], params) == "b: ibp, teacher pgd-at, optim.lr=0.01"
+
+
+def test_few_trials_importances_come_with_a_caveat_or_not_at_all(tmp_path: Path) -> None:
+    write_sweep(str(tmp_path / "s"), "few", n=12)  # 6 completed trials
+    trials = load(str(tmp_path / "s" / "few"))
+    assert param_importances(trials).empty and param_importances(trials).attrs["trials"] == 6
+    assert not param_importances(trials, min_trials=2).empty
+    assert caveat(6) == "not computed: 6 finished trial(s), fewer than 8"
+    assert "read it as a hint" in caveat(12) and caveat(20) is None
+    report = build_report(str(tmp_path / "s" / "few"))
+    assert "Importances not computed: 6 finished trial(s)" in Path(report.html_path).read_text()
+
+
+def test_trial_and_epoch_axes_have_whole_number_ticks(sweep: str) -> None:
+    trials, epochs = load(sweep, epochs=True)
+    for figure in (hypervolume_figure(trials), learning_curves_figure(trials, epochs)):
+        figure.canvas.draw()
+        ticks = figure.axes[-1].get_xticks()
+        assert len(ticks) > 1 and np.allclose(ticks, np.round(ticks))

@@ -12,9 +12,10 @@ import ray
 import yaml
 
 from search_spaces import load_space
+from sweeps import CONFIGS_DIR
 from sweeps.__main__ import main
 from sweeps.checks import check_points, complete_point
-from sweeps.config import CONFIGS_DIR, SweepConfigError, check_sweep, load_sweep, on_cluster
+from sweeps.config import SweepConfigError, check_sweep, load_sweep, on_cluster
 
 DEMO = CONFIGS_DIR / "demo.yaml"
 

@@ -331,7 +331,7 @@ def test_unknown_objective_and_constraint_metrics_are_refused(tmp_path: Path) ->
 def test_a_replaced_objective_keeps_its_reason_in_every_epoch_that_carries_it() -> None:
     from trainables.tune import _Reporter
 
-    reporter = _Reporter({"val_clean_acc": "max", "val_cert_acc": "max"}, devices=1)
+    reporter = _Reporter({"val_clean_acc": "max", "val_cert_acc": "max"}, devices=1, provenance={})
     first = reporter.finite_objectives({"epoch": 1, "val_clean_acc": 0.5})
     assert first["val_cert_acc"] == 0.0 and "val_cert_acc not evaluated" in first["nan_reason"]
     second = reporter.finite_objectives(

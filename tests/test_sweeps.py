@@ -14,8 +14,9 @@ from optuna.storages.journal import JournalFileBackend
 from sweep_helpers import write_short_demo
 
 from search_spaces import load_space
+from sweeps import CONFIGS_DIR
 from sweeps.__main__ import main
-from sweeps.config import CONFIGS_DIR, SweepConfigError, load_sweep
+from sweeps.config import SweepConfigError, load_sweep
 from sweeps.driver import SweepResourcesError, run_sweep
 from sweeps.progress import WIDTH
 from sweeps.state import SweepChangedError
@@ -131,6 +132,37 @@ def trial_files(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in (folder / "trials").iterdir()}
 
 
+def mlflow_runs(results: Path, experiment: str) -> dict[str, int]:
+    """Run name -> number of logged ``val_cert_acc`` steps, from the default MLflow store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{results}/mlflow.db")
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id])
+    assert all(run.data.params.get("method.name") for run in runs)  # the sampled parameters
+    return {
+        run.info.run_name: len(client.get_metric_history(run.info.run_id, "val_cert_acc"))
+        for run in runs
+    }
+
+
+def tensorboard_tags(trial_folder: Path) -> set[str]:
+    """The scalar tags in a trial folder's TensorBoard event files."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    tags = set()
+    for path in trial_folder.glob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        while data:  # TFRecord frames: length, its CRC, the event, its CRC
+            (length,) = struct.unpack("<Q", data[:8])
+            event = Event.FromString(data[12 : 12 + length])
+            tags |= {value.tag for value in event.summary.value}
+            data = data[16 + length :]
+    return tags
+
+
 def test_demo_sweep_runs_resumes_and_extends(tmp_path, local_ray, capsys) -> None:
     registry = tmp_path / "teachers.yaml"
     registry.write_text(yaml.safe_dump({"teachers": {"tiny-pgd": {"recipe": TINY_TEACHER}}}))
@@ -144,6 +176,7 @@ def test_demo_sweep_runs_resumes_and_extends(tmp_path, local_ray, capsys) -> Non
         storage=str(tmp_path),
         num_trials=3,
         optuna_storage="journal",
+        loggers=["mlflow", "tensorboard"],
     )
     sweep = load_sweep(path)
     outcome = run_sweep(sweep)
@@ -156,6 +189,10 @@ def test_demo_sweep_runs_resumes_and_extends(tmp_path, local_ray, capsys) -> Non
     assert len(trials) == 3 and set(trials["status"]) == {"completed"}
     assert trials["test_cert_acc"].between(0, 1).all()
     assert trials["checkpoint_uri"].notna().all()
+    provenance = ["eval_verifier", "eval_split", "final_verifier", "final_split", "cert_eps"]
+    assert set(map(tuple, trials[provenance].values)) == {
+        ("crown-ibp", "val", "crown", "test", 0.1)
+    }
     assert (trials["epochs_run"] == 2).all()
     assert len(read_epochs(str(tmp_path), "demo")) == 6
     assert f"report: {results}/report/index.html" in printed
@@ -176,6 +213,10 @@ def test_demo_sweep_runs_resumes_and_extends(tmp_path, local_ray, capsys) -> Non
     study = optuna.load_study(study_name="demo", storage=journal)
     assert study.metric_names == ["val_clean_acc", "val_cert_acc"]
     assert {t.user_attrs["trial_id"] for t in study.trials} == set(trials["trial_id"])
+    # trackers: one MLflow run per trial (per-epoch metrics, its parameters), TensorBoard files
+    assert mlflow_runs(tmp_path / "demo", "demo") == {name: 2 for name in folders}  # 2 epochs each
+    objectives = {"ray/tune/val_clean_acc", "ray/tune/val_cert_acc"}
+    assert all(objectives <= tensorboard_tags(experiment / name) for name in folders)
 
     # a resume restores nothing from Ray's files: planted pickles there never run
     marker = tmp_path / "marker"
@@ -197,6 +238,7 @@ def test_demo_sweep_runs_resumes_and_extends(tmp_path, local_ray, capsys) -> Non
     assert not marker.exists()
     study = optuna.load_study(study_name="demo", storage=journal)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert len(mlflow_runs(tmp_path / "demo", "demo")) == 4  # the same MLflow experiment
 
 
 def test_a_sweep_that_needs_gpus_fails_before_any_trial(tmp_path, local_ray) -> None:
@@ -231,3 +273,5 @@ def test_deterministic_errors_fail_once_and_the_run_exits_non_zero(
     (row,) = read_trials(str(tmp_path), "broken").to_dict("records")
     assert row["status"] == "failed" and "TeacherError" in row["error"]
     assert not list((tmp_path / "broken" / "ray").rglob("error.txt"))  # never raised
+    assert not list((tmp_path / "broken" / "ray").rglob("events.out.tfevents.*"))  # not asked
+    assert list((tmp_path / "broken" / "ray").rglob("result.json"))  # Tune's own record

@@ -30,7 +30,6 @@ from the verifiers in ``trainables.certify``, which the loop's evaluation uses.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -43,11 +42,11 @@ from torch.utils.data import Dataset, Subset
 
 from trainables.certify.lipschitz import l2_radius
 from trainables.certify.precision import full_float32
-from trainables.certify.rows import result_rows, write_rows
 from trainables.certify.smoothing import certified_accuracy
 from trainables.certify.verifiers import VERIFIERS, stage_fractions
-from trainables.config import ConfigError, TrainConfig, load_config
-from trainables.data import DatasetNotFoundError, DatasetSplits
+from trainables.certify_cli import DEFAULT_RADII, EMPIRICAL, METHODS
+from trainables.config import TrainConfig, load_config
+from trainables.data import DatasetSplits
 from trainables.evaluation import evaluate
 from trainables.models import build_model_for
 from trainables.models.modes import eval_mode
@@ -59,9 +58,6 @@ from trainables.training.checkpoint import (
 )
 from trainables.training.loop import load_splits
 
-EMPIRICAL = ("pgd", "autoattack")
-METHODS: tuple[str, ...] = (*VERIFIERS, "smoothing", *EMPIRICAL)
-DEFAULT_RADII: tuple[float, ...] = (0.25, 0.5, 1.0)
 COLUMNS = ("method", "norm", "radius", "n", "clean_acc", "cert_acc", "robust_acc", "seconds")
 
 
@@ -261,62 +257,7 @@ def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m trainables.certify_checkpoint", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt, its folder or a URI")
-    parser.add_argument(
-        "--method", required=True, action="append", choices=METHODS, help="repeatable"
-    )
-    parser.add_argument("--split", choices=("val", "test"), default="test")
-    parser.add_argument("--subset", type=int, help="the first N samples of the split")
-    parser.add_argument("--eps", type=float, help="L-inf radius (default: the checkpoint's)")
-    parser.add_argument("--radii", type=float, nargs="+", default=list(DEFAULT_RADII))
-    parser.add_argument("--sigma", type=float, help="smoothing noise level")
-    parser.add_argument("--smoothing-n", type=int, default=100_000)
-    parser.add_argument("--milp-time-limit", type=float, default=10.0, help="seconds/sample")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", help="write the rows to this Parquet file")
-    args = parser.parse_args(argv)
-    if args.subset is not None and args.subset < 1:
-        parser.error(f"--subset must be >= 1, got {args.subset}")
-    try:
-        model, config, splits = load_trained(args.checkpoint, args.device)
-    except (CheckpointError, ConfigError, DatasetNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    sigma = args.sigma
-    if sigma is None and config.method.name == "gaussian":
-        sigma = config.method.sigma
-    dataset = splits.val if args.split == "val" else splits.test
-    eps = config.eval_eps if args.eps is None else args.eps
-    rows = []
-    for method in args.method:
-        try:
-            result = certify_or_attack(
-                model,
-                dataset,
-                method,
-                eps=eps,
-                subset=args.subset,
-                radii=args.radii,
-                sigma=sigma,
-                smoothing_n=args.smoothing_n,
-                milp_time_limit=args.milp_time_limit,
-                device=args.device,
-                seed=config.seed,
-                progress=True,
-            )
-        except (ValueError, ImportError) as err:
-            print(f"error: {method}: {err}", file=sys.stderr)
-            return 2
-        rows += result_rows(result, args.checkpoint, args.split, args.subset)
-    print(format_rows(rows))
-    if args.out:
-        print(f"rows written to {write_rows(rows, args.out)}")
-    return 0
-
-
 if __name__ == "__main__":
+    from trainables.certify_cli import main
+
     sys.exit(main())

@@ -17,45 +17,26 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from tqdm import tqdm
 
-from trainables.config import ConfigError, TrainConfig, load_config
-from trainables.config_io import parse_yaml_value
-from trainables.data import DatasetNotFoundError
-from trainables.preflight import preflight
-from trainables.teachers import TeacherError
+from trainables.cli import HelpFormatter, add_set_option, parse_set
 from trainables.training.callbacks import RunInfo, TrainingCallback
-from trainables.training.checkpoint import CheckpointError
-from trainables.training.loop import RunResult, train
-from trainables.training.teacher_cache import ensure_teacher
+
+if TYPE_CHECKING:  # the loop, the config and the data load in main(): --help stays light
+    from trainables.config import TrainConfig
+    from trainables.training.loop import RunResult
 
 #: Columns of the per-epoch table (those present are shown).
 EPOCH_COLUMNS = ("epoch", "eps", "loss", "train_clean_acc", "seconds", "examples_per_second")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["optim.lr=1e-3"]`` -> ``{"optim.lr": 0.001}`` (values parsed as YAML)."""
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        overrides[key.strip()] = _parse_value(value, f"--set {key.strip()}")
-    return overrides
+    """``["optim.lr=1e-3"]`` -> ``{"optim.lr": 0.001}`` (``trainables.cli.parse_set``)."""
+    from trainables.config import ConfigError
 
-
-def _parse_value(text: str, what: str) -> Any:
-    """YAML, except that ``1e-3`` is a number (YAML 1.1 reads it as a string)."""
-    value = parse_yaml_value(text, what, ConfigError)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+    return parse_set(pairs, ConfigError)
 
 
 class ProgressPrinter(TrainingCallback):
@@ -122,19 +103,32 @@ def _with_default_checkpoint_dir(config: TrainConfig, out: str | None) -> TrainC
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser(prog: str = "python -m trainables.train") -> argparse.ArgumentParser:
+    """The command line's parser (imports nothing heavy)."""
     parser = argparse.ArgumentParser(
-        prog="python -m trainables.train", description=__doc__.split("\n")[0]
+        prog=prog, description=__doc__.split("\n")[0], formatter_class=HelpFormatter
     )
     parser.add_argument("--config", help="YAML training config (default: all defaults)")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key"
-    )
+    add_set_option(parser, "a training-config key")
     parser.add_argument("--out", help="checkpoint directory (overrides checkpoint.dir)")
     parser.add_argument(
         "--show-config", action="store_true", help="print the resolved config and exit"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m trainables.train") -> int:
+    args = build_parser(prog).parse_args(argv)
+    import yaml
+
+    from trainables.config import ConfigError, load_config
+    from trainables.data import DatasetNotFoundError
+    from trainables.preflight import preflight
+    from trainables.teachers import TeacherError
+    from trainables.training.checkpoint import CheckpointError
+    from trainables.training.loop import train
+    from trainables.training.teacher_cache import ensure_teacher
+
     try:
         config = load_config(args.config, parse_overrides(args.set))
     except ConfigError as err:

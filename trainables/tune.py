@@ -49,7 +49,7 @@ import pyarrow.fs as pafs
 import ray.train
 from ray import tune
 
-from trainables.config import ConfigError, load_config
+from trainables.config import ConfigError, TrainConfig, load_config
 from trainables.data import DatasetNotFoundError
 from trainables.results.storage import copy_atomic, open_storage
 from trainables.results.writing import ERROR_CHARS
@@ -64,6 +64,20 @@ from trainables.training.teacher_cache import ensure_teacher
 RESUME_KEY = "_resume_from"
 #: Errors a retry cannot fix: the trial fails at once (see the module docstring).
 DETERMINISTIC_ERRORS = (ConfigError, DatasetNotFoundError, TeacherError, CheckpointError)
+
+
+def provenance(config: TrainConfig) -> dict[str, Any]:
+    """What produced the certified metrics (``trainables.results.PROVENANCE_COLUMNS``), in
+    every report: ``<eval_split>_cert_acc`` per epoch with ``eval_verifier``, the final
+    ``<final_split>_cert_acc`` with ``final_verifier``, both at the L-inf radius ``cert_eps``."""
+    ev = config.eval
+    return {
+        "eval_verifier": ev.verifier,
+        "eval_split": ev.split,
+        "final_verifier": ev.final_verifier,
+        "final_split": ev.final_split,
+        "cert_eps": config.eval_eps,
+    }
 
 
 def worst_value(mode: str) -> float:
@@ -85,8 +99,10 @@ def _finite(value: Any) -> bool:
 class _Reporter(TrainingCallback):
     """Turns the loop's epoch metrics into ``tune.report`` calls (see the module docstring)."""
 
-    def __init__(self, objectives: dict[str, str], devices: float) -> None:
-        self.objectives, self.devices = objectives, devices
+    def __init__(
+        self, objectives: dict[str, str], devices: float, provenance: dict[str, Any]
+    ) -> None:
+        self.objectives, self.devices, self.provenance = objectives, devices, provenance
         self.started = time.monotonic()
         #: objective -> (value, why it was replaced or None): what later epochs carry
         self.carried: dict[str, tuple[float, str | None]] = {}
@@ -116,6 +132,7 @@ class _Reporter(TrainingCallback):
         if reasons:
             report["nan_reason"] = "; ".join(reasons)
         report["score"] = scalarised(report, self.objectives)
+        report.update(self.provenance)
         return report
 
     def device_hours(self) -> float:
@@ -167,7 +184,7 @@ class _TrialRun:
             elif self.resume_from:
                 _copy_newest_checkpoint(self.results_uri, self.resume_from, workdir)
             config = load_config(self.training, {**self.params, "checkpoint.dir": str(workdir)})
-            reporter = reporter_type(self.objectives, self.devices)
+            reporter = reporter_type(self.objectives, self.devices, provenance(config))
             result = train(config, [reporter])
             final = _final_report(result, reporter, config.seed)
             if reporter.is_main:  # only rank 0 wrote the checkpoint (and Tune hears rank 0)

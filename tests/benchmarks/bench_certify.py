@@ -25,11 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
+from trainables.certify.dispatch import load_trained
 from training_helpers import digits_config
 
 from trainables.bounds import certify
 from trainables.certify.bab import verify_bab
-from trainables.certify.dispatch import load_trained
 from trainables.certify.exact import verify_exact
 from trainables.config import load_config
 from trainables.training.loop import load_splits, train

@@ -41,7 +41,8 @@ import torch
 import yaml
 
 from analysis.pareto import hypervolume_progress
-from sweeps.config import CONFIGS_DIR, SweepConfig, load_sweep
+from sweeps import CONFIGS_DIR
+from sweeps.config import SweepConfig, load_sweep
 from sweeps.driver import max_concurrent, run_sweep
 from trainables.results import read_trials
 from trainables.training.loop import train

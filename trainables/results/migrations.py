@@ -6,7 +6,9 @@ Readable schema versions:
 - 0: the pre-release layout, read through a migration: the epochs run were called
   ``epochs`` (now ``epochs_run``), a full-budget trial's status was ``finished`` (now
   ``completed``), and there were no ``test_verifier``, ``nan_reason``, ``device_hours``,
-  ``code_version`` or ``written_at`` columns (they read as null). Epoch files did not change.
+  ``code_version`` or ``written_at`` columns, nor the certificates' provenance
+  (``schema.PROVENANCE_COLUMNS``, added to version 1 later): they read as null. Epoch files
+  did not change.
 
 Any other version, or a file without the version key, is refused (``SchemaVersionError``).
 """
@@ -31,6 +33,11 @@ _ADDED_IN_V1 = {
     "device_hours": "float64",
     "code_version": "str",
     "written_at": "datetime64[us, UTC]",
+    "eval_verifier": "str",
+    "eval_split": "str",
+    "final_verifier": "str",
+    "final_split": "str",
+    "cert_eps": "float64",
 }
 _RENAMED_IN_V1 = {"epochs": "epochs_run"}
 

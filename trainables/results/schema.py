@@ -39,6 +39,18 @@ METRIC_COLUMNS = (
     "test_cert_acc",
     "test_pgd_acc",
 )
+#: What produced the certified columns (the trial's evaluation settings): per epoch,
+#: ``<eval_split>_cert_acc`` by ``eval_verifier``; at the end, ``<final_split>_cert_acc`` by
+#: ``final_verifier`` (also in ``test_verifier`` when the final split is test); both at the
+#: L-inf radius ``cert_eps``. Null in rows written before they were recorded (and in rows of
+#: trials that failed before their first report).
+PROVENANCE_COLUMNS = {
+    "eval_verifier": pa.string(),
+    "eval_split": pa.string(),
+    "final_verifier": pa.string(),
+    "final_split": pa.string(),
+    "cert_eps": pa.float64(),
+}
 UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 #: Names of the metrics a trial can report (``is_trial_metric``): the evaluation's
@@ -94,6 +106,7 @@ def trial_schema(
             raise ValueError(f"objective {objective!r} clashes with a non-metric column")
     fields += [
         pa.field("test_verifier", pa.string()),
+        *(pa.field(name, kind) for name, kind in PROVENANCE_COLUMNS.items()),
         pa.field("nan_reason", pa.string()),
         pa.field("wall_time_s", pa.float64()),
         pa.field("device_hours", pa.float64()),

@@ -20,6 +20,7 @@ import pyarrow.fs as pafs
 from trainables.results.schema import (
     EPOCHS,
     PARAM_PREFIX,
+    PROVENANCE_COLUMNS,
     SCHEMA_VERSION,
     TRIALS,
     epochs_schema,
@@ -151,6 +152,10 @@ class SweepWriter:
             "total_epochs": self.total_epochs,
             "config_json": json.dumps(dict(config), sort_keys=True, default=str),
             "test_verifier": _text(last.get("test_verifier")),
+            **{
+                name: _number(last.get(name)) if kind == pa.float64() else _text(last.get(name))
+                for name, kind in PROVENANCE_COLUMNS.items()
+            },
             "nan_reason": _text(last.get("nan_reason")),
             "wall_time_s": _number(last.get("wall_time_s")),
             "device_hours": _number(last.get("device_hours")),

@@ -5,8 +5,8 @@ the models worth reporting are the few on the front. This loads each front membe
 checkpoint (``checkpoint_uri`` in its trial row), rebuilds its model and data from the
 config stored in the checkpoint, certifies the chosen split at the trial's eps with the
 chosen verifier of the registry (``trainables.certify.verifiers``, through
-``trainables.certify_checkpoint``, which ``python -m trainables.certify_checkpoint`` uses too)
-and writes one row per trial as a new Parquet dataset (``trainables.results.recertification``);
+``trainables.checkpoint_certification``, as ``python -m trainables.certify_checkpoint``) and
+writes one row per trial as a new Parquet dataset (``trainables.results.recertification``);
 the sweep's own files are never rewritten. A cascade's row records the fraction each stage
 certified (``certified_by``, JSON).
 
@@ -41,7 +41,7 @@ from tqdm import tqdm
 from analysis.front import pareto_front
 from analysis.loading import find_sweeps, load
 from trainables.certify.verifiers import VERIFIERS, unknown_verifier
-from trainables.certify_checkpoint import certify_or_attack, load_trained
+from trainables.checkpoint_certification import certify_or_attack, load_trained
 from trainables.results import write_recertified
 
 __all__ = ["SPLITS", "Job", "certify_checkpoint", "recertify"]

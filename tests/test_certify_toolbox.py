@@ -19,7 +19,8 @@ from training_helpers import digits_config
 
 from trainables.bounds import certify as bound_certify
 from trainables.certify.rows import ROW_SCHEMA
-from trainables.certify_checkpoint import certify_or_attack, load_trained, main
+from trainables.certify_checkpoint import main
+from trainables.checkpoint_certification import certify_or_attack, load_trained
 from trainables.config import ConfigError, load_config
 from trainables.data import load_dataset
 from trainables.models import build_model

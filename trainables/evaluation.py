@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from trainables.attacks.autoattack import AA_COLUMNS, STANDARD_ATTACKS, autoattack_robust
 from trainables.attacks.classification import pgd_robust
 from trainables.certify.precision import full_float32
-from trainables.certify.verifiers import Verifier, make_verifier, verifier_type
+from trainables.certify.verifiers import Verifier, make_configured_verifier
 from trainables.models.modes import eval_mode
 
 Attack = Literal["pgd", "autoattack"]
@@ -120,6 +120,4 @@ def evaluate(
 
 def _named_verifier(name: str, time_limit: float, seed: int) -> Verifier:
     """The registry's ``name`` with the run settings it takes (complete ones: both)."""
-    settings = {"time_limit": time_limit, "seed": seed}
-    takes = verifier_type(name).options()
-    return make_verifier(name, **{k: v for k, v in settings.items() if k in takes})
+    return make_configured_verifier(name, {"time_limit": time_limit, "seed": seed})

@@ -54,6 +54,8 @@ from trainables.training.checkpoint import (
 )
 from trainables.training.loop import load_splits
 
+#: Samples per batch of a complete verifier (each takes up to its time limit).
+COMPLETE_BATCH = 8
 COLUMNS = ("method", "norm", "radius", "n", "clean_acc", "cert_acc", "robust_acc", "seconds")
 
 
@@ -101,7 +103,7 @@ def certify_or_attack(
         else:
             result = _at_eps(
                 model, dataset, method, eps, pgd_steps, pgd_restarts, milp_time_limit,
-                batch_size, device, seed,
+                batch_size, device, seed, progress,
             )  # fmt: skip
             if method == "lipschitz":
                 result["points"] += _lipschitz_l2(model, dataset, radii, result, batch_size, device)
@@ -139,9 +141,14 @@ def _at_eps(
     batch_size: int,
     device: torch.device | str,
     seed: int,
+    progress: bool,
 ) -> dict[str, Any]:
-    """The L-inf methods, all through ``evaluate`` (one code path with the training loop)."""
+    """The L-inf methods, all through ``evaluate`` (one code path with the training loop).
+    A complete verifier gets batches of at most ``COMPLETE_BATCH`` samples, so that its
+    progress (seconds per sample) shows."""
     empirical = method in EMPIRICAL
+    if not empirical and VERIFIERS[method].complete:
+        batch_size = min(batch_size, COMPLETE_BATCH)
     metrics = evaluate(
         model,
         dataset,
@@ -154,6 +161,7 @@ def _at_eps(
         seed=seed,
         attack="autoattack" if method == "autoattack" else "pgd",
         milp_time_limit=milp_time_limit,
+        progress=f"{method} at eps {eps:g}" if progress else None,
     )
     key = {"pgd": "pgd_acc", "autoattack": "autoattack_acc"}.get(method, "cert_acc")
     norm = "linf" if empirical else VERIFIERS[method].norm

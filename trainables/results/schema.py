@@ -56,7 +56,7 @@ UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
 #: Names of the metrics a trial can report (``is_trial_metric``): the evaluation's
 #: ``<split>_<metric>``, the training loop's epoch metrics and loss terms, and the costs.
 _EVALUATION = (
-    r"(clean|cert|pgd|autoattack|aa_\w+)_acc|cert_by_\w+|lipschitz_constant|milp_undecided|n"
+    r"(clean|cert|pgd|autoattack|aa_\w+)_acc|cert_by_\w+|lipschitz_constant|(milp|bab)_undecided|n"
 )
 _TRIAL_METRIC = re.compile(
     rf"(val|test)_({_EVALUATION})|teacher_val_(clean|pgd)_acc|train_clean_acc"

@@ -5,8 +5,8 @@ the models worth reporting are the few on the front. This loads each front membe
 checkpoint (``checkpoint_uri`` in its trial row), rebuilds its model and data from the
 config stored in the checkpoint, certifies the chosen split at the trial's eps with the
 chosen verifier of the registry (``trainables.certify.verifiers``, through
-``trainables.certify_checkpoint``, which ``python -m trainables.certify_checkpoint`` uses too)
-and writes one row per trial as a new Parquet dataset (``trainables.results.recertification``);
+``trainables.checkpoint_certification``, as ``python -m trainables.certify_checkpoint``) and
+writes one row per trial as a new Parquet dataset (``trainables.results.recertification``);
 the sweep's own files are never rewritten. A cascade's row records the fraction each stage
 certified (``certified_by``, JSON).
 
@@ -41,7 +41,7 @@ from tqdm import tqdm
 from analysis.front import pareto_front
 from analysis.loading import find_sweeps, load
 from trainables.certify.verifiers import VERIFIERS, unknown_verifier
-from trainables.certify_checkpoint import certify_or_attack, load_trained
+from trainables.checkpoint_certification import certify_or_attack, load_trained
 from trainables.results import write_recertified
 
 __all__ = ["SPLITS", "Job", "certify_checkpoint", "recertify"]
@@ -68,9 +68,10 @@ def certify_checkpoint(
     subset: int | None = None,
     batch_size: int = 256,
     time_limit: float = 60.0,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """The re-certification row of one trial (``status="failed"`` with the error if it
-    could not be done). Runs as a Ray task or in-process."""
+    could not be done). Runs as a Ray task or in-process (``progress``: a bar per batch)."""
     started = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     row: dict[str, Any] = {
@@ -97,6 +98,7 @@ def certify_checkpoint(
             milp_time_limit=time_limit,
             batch_size=batch_size,
             device=device,
+            progress=progress,
         )
         (point,) = [p for p in result["points"] if p["norm"] == "linf"]
         row.update(
@@ -104,6 +106,7 @@ def certify_checkpoint(
             clean_acc=result["clean_acc"],
             cert_acc=point["acc"],
             milp_undecided=result.get("milp_undecided"),
+            bab_undecided=result.get("bab_undecided"),
             certified_by=json.dumps(result["certified_by"]) if "certified_by" in result else None,
             eps=config.eval_eps,
             status="completed",
@@ -202,7 +205,9 @@ def recertify(
     options = {"subset": subset, "batch_size": batch_size, "time_limit": time_limit}
     ray = _ray_cluster()
     if ray is None:
-        results = (certify_checkpoint(job, verifier, split, **options) for job in jobs)
+        results = (
+            certify_checkpoint(job, verifier, split, progress=progress, **options) for job in jobs
+        )
     else:
         results = _run_on_ray(ray, jobs, verifier=verifier, split=split, **options)
     rows = []

@@ -38,7 +38,7 @@ COMMANDS = {
     "validate": Command("sweeps.__main__", "check a sweep config; starts nothing", named=True),
     "run": Command("sweeps.__main__", "run, resume or extend a sweep", named=True),
     "train": Command("trainables.train", "one training run, without Ray"),
-    "certify": Command("trainables.certify_cli", "certify or attack a trained checkpoint"),
+    "certify": Command("trainables.certify_checkpoint", "certify or attack a trained checkpoint"),
     "report": Command("analysis.__main__", "a sweep's summary, figures and HTML page", named=True),
     "recertify": Command(
         "analysis.__main__", "certify a sweep's front with another verifier", named=True

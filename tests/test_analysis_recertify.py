@@ -16,7 +16,7 @@ from analysis import build_report, load, pareto_front
 from analysis.__main__ import main
 from analysis.loading import find_sweeps
 from analysis.recertify import recertify
-from trainables.certify_checkpoint import load_trained
+from trainables.checkpoint_certification import load_trained
 from trainables.config import load_config
 from trainables.evaluation import evaluate
 from trainables.results import read_recertified

@@ -19,7 +19,8 @@ from training_helpers import digits_config
 
 from trainables.bounds import certify as bound_certify
 from trainables.certify.rows import ROW_SCHEMA
-from trainables.certify_checkpoint import certify_or_attack, load_trained, main
+from trainables.certify_checkpoint import main
+from trainables.checkpoint_certification import certify_or_attack, load_trained
 from trainables.config import ConfigError, load_config
 from trainables.data import load_dataset
 from trainables.models import build_model
@@ -40,11 +41,14 @@ def checkpoint(tmp_path_factory) -> Path:
 
 def test_cli_prints_and_writes_rows_that_order_soundly(checkpoint, tmp_path, capsys) -> None:
     out = tmp_path / "rows.parquet"
-    methods = ["ibp", "crown", "best", "milp", "lipschitz", "pgd"]
+    methods = ["ibp", "crown", "best", "milp", "bab", "lipschitz", "pgd"]
     args = ["--checkpoint", str(checkpoint), "--subset", "24", "--out", str(out)]
     assert main(args + [arg for m in methods for arg in ("--method", m)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert all(method in printed for method in methods)
+    assert "certifying on cpu" in captured.err  # --device auto, no GPU here
+    assert "milp at eps 0.1" in captured.err and "3/3" in captured.err  # 24 samples in 8s
     table = pq.read_table(out)
     assert table.schema.equals(ROW_SCHEMA, check_metadata=False)
     rows = table.to_pandas()
@@ -53,9 +57,10 @@ def test_cli_prints_and_writes_rows_that_order_soundly(checkpoint, tmp_path, cap
     cert = linf.cert_acc
     # IBP and CROWN are not ordered (either can be tighter); the complete MILP bounds both.
     assert 0 < max(cert["ibp"], cert["crown"]) <= cert["best"] <= cert["milp"]
+    assert cert["best"] <= cert["bab"] and linf.bab_undecided.notna()["bab"]
     assert cert["milp"] <= linf.robust_acc["pgd"]
     by_stage = json.loads(linf.certified_by["best"])
-    assert list(by_stage) == ["ibp", "crown-ibp", "crown"]
+    assert list(by_stage) == ["ibp", "crown-ibp", "crown", "alpha-crown"]
     assert sum(by_stage.values()) == pytest.approx(cert["best"])
     assert linf.certified_by.drop("best").isna().all()
     assert linf.robust_acc["pgd"] <= linf.clean_acc["pgd"]

@@ -20,6 +20,7 @@ from trainables.certify.verifiers import (
     Best,
     Verdicts,
     Verifier,
+    make_configured_verifier,
     make_verifier,
     stage_fractions,
     unknown_verifier,
@@ -59,13 +60,16 @@ class Identity(nn.Module):
 
 def test_registry_names_ranks_and_options() -> None:
     assert set(BEST_STAGES) <= set(VERIFIERS) and "best" in VERIFIERS
-    order = ("ibp", "crown-ibp", "best-until-crown-ibp", "crown", "best", "milp")
+    order = (
+        "ibp", "crown-ibp", "best-until-crown-ibp", "crown", "alpha-crown", "best", "bab", "milp"
+    )  # fmt: skip
     ranks = [VERIFIERS[name].strength for name in order]
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
     assert VERIFIERS["lipschitz"].strength is None  # not ordered with the bounds
-    assert [name for name, kind in VERIFIERS.items() if kind.complete] == ["milp"]
+    assert [name for name, kind in VERIFIERS.items() if kind.complete] == ["milp", "bab"]
     assert all(kind.norm == "linf" for kind in VERIFIERS.values())
-    assert VERIFIERS["milp"].options() == ("time_limit", "seed")
+    assert VERIFIERS["milp"].options() == VERIFIERS["bab"].options() == ("time_limit", "seed")
+    assert VERIFIERS["alpha-crown"].options() == ("alpha_iterations", "alpha_lr")
     assert make_verifier("milp", time_limit=2.5).time_limit == 2.5
     with pytest.raises(ValueError, match=r"'ibp' has no option\(s\) \['time_limit'\]"):
         make_verifier("ibp", time_limit=1.0)
@@ -101,7 +105,10 @@ def test_best_default_stages_and_fractions() -> None:
     assert [stage.name for stage in best.stages] == list(BEST_STAGES)
     cheap = make_verifier("best-until-crown-ibp")
     assert [stage.name for stage in cheap.stages] == ["ibp", "crown-ibp"]
-    assert best.counters() == ("cert_by_ibp", "cert_by_crown_ibp", "cert_by_crown")
+    assert best.counters() == (
+        "cert_by_ibp", "cert_by_crown_ibp", "cert_by_crown", "cert_by_alpha_crown"
+    )  # fmt: skip
+    assert make_verifier("best", alpha_iterations=3).stages[-1].alpha_iterations == 3
     metrics = {"cert_acc": 0.5, "cert_by_ibp": 0.4, "cert_by_crown_ibp": 0.1, "cert_by_crown": 0}
     assert stage_fractions(metrics) == {"ibp": 0.4, "crown-ibp": 0.1, "crown": 0.0}
     assert stage_fractions({"cert_acc": 0.5}) is None
@@ -147,6 +154,31 @@ def test_a_per_backend_precision_state_is_restored_as_it_was() -> None:
     assert tf32_flags() == before
 
 
+def test_configured_verifiers_take_only_their_settings() -> None:
+    settings = {"time_limit": 2.0, "seed": 3, "alpha_iterations": 4}
+    assert make_configured_verifier("bab", settings) == make_verifier("bab", time_limit=2.0, seed=3)
+    assert make_configured_verifier("alpha-crown", settings).alpha_iterations == 4
+    assert make_configured_verifier("ibp", settings) == make_verifier("ibp")
+
+
+def test_alpha_crown_and_bab_from_the_registry_certify_at_least_crown() -> None:
+    """On a small trained-like network: alpha-CROWN (and the cascade ending with it) never
+    certifies fewer samples than CROWN, and BaB, complete, proves what any bound proves."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = torch.rand(24, 1, 2, 2)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    verdicts = {
+        name: make_verifier(name).certify(model, x, y, 0.03).certified
+        for name in ("crown", "alpha-crown", "best", "bab")
+    }
+    crown = verdicts["crown"]
+    assert 0 < int(crown.sum()) < len(y)  # the case is neither trivial nor hopeless
+    for stronger in ("alpha-crown", "best", "bab"):
+        assert bool((verdicts[stronger] | ~crown).all()), stronger
+
+
 def test_config_validates_verifier_names() -> None:
     default = load_config({}).eval
     assert (default.verifier, default.final_verifier) == ("crown-ibp", "best")
@@ -165,7 +197,8 @@ def test_the_readme_lists_every_registered_verifier_with_its_rank() -> None:
 
 
 def test_reading_the_registry_does_not_import_torch() -> None:
-    """The config validates verifier names against it: ``sweeps validate`` stays light."""
-    check = "import sys, trainables.config; print('torch' in sys.modules)"
+    """The config validates verifier names against it, and the certify command's parser
+    reads its names: the registry adds no torch import of its own."""
+    check = "import sys, trainables.certify.verifiers; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr

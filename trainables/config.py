@@ -172,8 +172,9 @@ class EvalConfig(_Group):
     ball of ``eval_eps``: every epoch any verifier that is not complete (bounds, the ``best``
     cascade, "lipschitz": the global-constant certificate, the only one for ``lip_*``
     models); at the end also complete ones ("milp": exponential in unstable ReLUs, small
-    nets, with ``final_subset``). The default final verifier is ``best``: IBP, then
-    CROWN-IBP, then CROWN on the samples still undecided. Smoothing certifies L2 radii with a
+    nets, with ``final_subset``; "bab": branch and bound, small CNNs). The default final
+    verifier is ``best``: IBP, then CROWN-IBP, CROWN and alpha-CROWN on the samples still
+    undecided. Smoothing certifies L2 radii with a
     probability: ``python -m trainables.certify_checkpoint``.
     """
 
@@ -190,7 +191,12 @@ class EvalConfig(_Group):
     final_attack: Literal["pgd", "autoattack"] = Field(
         "pgd", description="autoattack: the standard AutoAttack (needs pyautoattack; slow)"
     )
-    milp_time_limit: float = Field(10.0, gt=0, le=86400, description="seconds per sample")
+    milp_time_limit: float = Field(
+        10.0, gt=0, le=86400, description="seconds per sample of a complete verifier (milp, bab)"
+    )
+    alpha_iterations: int = Field(
+        20, ge=1, le=1000, description="alpha-CROWN's slope-optimisation steps (alpha-crown, best)"
+    )
     final_split: Literal["val", "test"] = "test"
     final_subset: int | None = Field(None, ge=1)
 

@@ -17,11 +17,12 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
 
 from trainables.attacks.autoattack import AA_COLUMNS, STANDARD_ATTACKS, autoattack_robust
 from trainables.attacks.classification import pgd_robust
 from trainables.certify.precision import full_float32
-from trainables.certify.verifiers import Verifier, make_verifier, verifier_type
+from trainables.certify.verifiers import Verifier, make_configured_verifier
 from trainables.models.modes import eval_mode
 
 Attack = Literal["pgd", "autoattack"]
@@ -52,6 +53,7 @@ def evaluate(
     distributed: Ranks | None = None,
     attack: Attack = "pgd",
     milp_time_limit: float = 10.0,
+    progress: str | None = None,
 ) -> dict[str, float]:
     """``{"clean_acc", "pgd_acc", "cert_acc", "n"}``; a metric whose check is off is absent.
 
@@ -63,7 +65,8 @@ def evaluate(
     they are (``lipschitz``: ``lipschitz_constant``). ``seed`` fixes PGD's random starts so
     repeated evaluations of the same model agree. ``attack="autoattack"`` reports
     ``autoattack_acc`` and the accuracy after each of its attacks, ``aa_<attack>_acc``
-    (``attacks.autoattack``), instead of ``pgd_acc``.
+    (``attacks.autoattack``), instead of ``pgd_acc``. ``progress``: a label; a progress bar
+    per batch (with its ETA) on stderr under that label.
     """
     if isinstance(verifier, str):
         verifier = _named_verifier(verifier, milp_time_limit, seed)
@@ -84,7 +87,10 @@ def evaluate(
     counts = dict.fromkeys(keys, 0.0)
     constants: dict[str, float] = {}
     with full_float32(), eval_mode(model):
-        for x, y in DataLoader(shard, batch_size=batch_size):
+        batches = DataLoader(shard, batch_size=batch_size)
+        if progress is not None:
+            batches = tqdm(batches, desc=progress, unit="batch", leave=False)
+        for x, y in batches:
             x, y = x.to(device), y.to(device)
             with torch.no_grad():
                 clean = model(x).argmax(dim=1) == y
@@ -120,6 +126,4 @@ def evaluate(
 
 def _named_verifier(name: str, time_limit: float, seed: int) -> Verifier:
     """The registry's ``name`` with the run settings it takes (complete ones: both)."""
-    settings = {"time_limit": time_limit, "seed": seed}
-    takes = verifier_type(name).options()
-    return make_verifier(name, **{k: v for k, v in settings.items() if k in takes})
+    return make_configured_verifier(name, {"time_limit": time_limit, "seed": seed})

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from trainables.certify_checkpoint import certify_or_attack
+from trainables.checkpoint_certification import certify_or_attack
 from trainables.config import load_config
 from trainables.data import load_dataset
 from trainables.training.loop import train

@@ -27,7 +27,7 @@ def result_rows(
     now = datetime.now(timezone.utc)
     optional = {
         name: result.get(name)
-        for name in (*AA_COLUMNS, "milp_undecided", "lipschitz_constant", "sigma")
+        for name in (*AA_COLUMNS, "milp_undecided", "bab_undecided", "lipschitz_constant", "sigma")
     }
     return [
         {

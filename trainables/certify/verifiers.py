@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 Norm = Literal["linf", "l2"]
 
 #: The stages of the ``best`` cascade, cheapest first.
-BEST_STAGES: tuple[str, ...] = ("ibp", "crown-ibp", "crown")
+BEST_STAGES: tuple[str, ...] = ("ibp", "crown-ibp", "crown", "alpha-crown")
 #: Metric prefix of the fraction of samples each cascade stage certified.
 STAGE_PREFIX = "cert_by_"
 
@@ -129,6 +129,19 @@ class Crown(_BoundVerifier):
 
 
 @dataclass(frozen=True)
+class AlphaCrown(_BoundVerifier):
+    """CROWN with its lower ReLU slopes optimised by projected Adam on the bound
+    (``bounds.alpha``): ``alpha_iterations`` bound evaluations at step ``alpha_lr``, the
+    intermediate layers' slopes too; sound for any slope in [0, 1], never looser than
+    ``crown`` (the best iterate is kept, the first one is CROWN's)."""
+
+    name = "alpha-crown"
+    strength = 40
+    alpha_iterations: int = 20
+    alpha_lr: float = 0.5
+
+
+@dataclass(frozen=True)
 class Lipschitz(Verifier):
     """``margin / (sqrt(2) L) > eps sqrt(d)`` with L a sound global L2 constant
     (``certify.lipschitz``); the only certificate for the 1-Lipschitz ``lip_*`` models."""
@@ -183,6 +196,23 @@ class Milp(_CompleteVerifier):
 
 
 @dataclass(frozen=True)
+class Bab(_CompleteVerifier):
+    """Branch and bound over ReLU splits with beta-CROWN bounds, PGD on the subproblems and
+    exact LP leaves (``certify.bab``): complete; ``time_limit`` seconds per sample. Scales
+    beyond the MILP (small CNNs), undecided samples count as not certified."""
+
+    name = "bab"
+    strength = 90
+    time_limit: float = 10.0
+    seed: int = 0
+
+    def verdicts(self, model: nn.Module, x: Tensor, y: Tensor, eps: float) -> list[Verdict]:
+        from trainables.certify.bab import verify_bab
+
+        return verify_bab(model, x, y, eps, time_limit=self.time_limit, seed=self.seed)
+
+
+@dataclass(frozen=True)
 class Best(Verifier):
     """The cascade of ``BEST_STAGES``: each stage runs only on the samples still undecided
     (correctly classified and not certified by an earlier stage); a sample is certified when
@@ -195,10 +225,14 @@ class Best(Verifier):
     strength = 50  # above every stage
     stage_names: ClassVar[tuple[str, ...]] = BEST_STAGES
     stages: tuple[Verifier, ...] = ()
+    alpha_iterations: int = AlphaCrown.alpha_iterations
 
     def __post_init__(self) -> None:
         if not self.stages:
-            stages = tuple(make_verifier(stage) for stage in self.stage_names)
+            stages = tuple(
+                make_verifier(stage, **_taken(stage, {"alpha_iterations": self.alpha_iterations}))
+                for stage in self.stage_names
+            )
             object.__setattr__(self, "stages", stages)
 
     def counters(self) -> tuple[str, ...]:
@@ -241,10 +275,12 @@ _REGISTERED: tuple[type[Verifier], ...] = (
     Ibp,
     CrownIbp,
     Crown,
+    AlphaCrown,
     Best,
     BestUntilCrownIbp,
     Lipschitz,
     Milp,
+    Bab,
 )
 #: Every verifier by name.
 VERIFIERS: dict[str, type[Verifier]] = {verifier.name: verifier for verifier in _REGISTERED}
@@ -265,6 +301,17 @@ def make_verifier(name: str, **options: Any) -> Verifier:
         takes = ", ".join(kind.options()) or "none"
         raise ValueError(f"verifier {name!r} has no option(s) {unknown}; its options: {takes}")
     return kind(**options)
+
+
+def make_configured_verifier(name: str, settings: Mapping[str, Any]) -> Verifier:
+    """``make_verifier`` with those of ``settings`` (e.g. the run's ``time_limit``, ``seed``,
+    ``alpha_iterations``) that the verifier takes; the others are not its business."""
+    return make_verifier(name, **_taken(name, settings))
+
+
+def _taken(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    takes = verifier_type(name).options()
+    return {key: value for key, value in settings.items() if key in takes}
 
 
 def unknown_verifier(name: object) -> str:

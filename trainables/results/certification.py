@@ -22,6 +22,7 @@ cert_acc          float64    certified accuracy (null for attacks)
 robust_acc        float64    empirical robust accuracy (null for certificates)
 aa_<attack>_acc   float64    AutoAttack: accuracy after apgd_ce, apgd_t, fab_t, square
 milp_undecided    float64    MILP: fraction without a verdict in the time limit
+bab_undecided     float64    branch and bound: the same
 certified_by      string     cascades (best): JSON ``{stage: fraction of n it certified}``
 lipschitz_const.  float64    Lipschitz: the certified upper bound of L (``lipschitz_constant``)
 sigma             float64    smoothing: the noise level
@@ -64,6 +65,7 @@ ROW_SCHEMA = pa.schema(
         pa.field("robust_acc", pa.float64()),
         *(pa.field(name, pa.float64()) for name in AA_COLUMNS),
         pa.field("milp_undecided", pa.float64()),
+        pa.field("bab_undecided", pa.float64()),
         pa.field("certified_by", pa.string()),
         pa.field("lipschitz_constant", pa.float64()),
         pa.field("sigma", pa.float64()),

@@ -41,6 +41,7 @@ RECERTIFIED_SCHEMA = pa.schema(
         pa.field("clean_acc", pa.float64()),
         pa.field("cert_acc", pa.float64()),
         pa.field("milp_undecided", pa.float64()),  # MILP: share without a verdict in time
+        pa.field("bab_undecided", pa.float64()),  # BaB: the same
         pa.field("certified_by", pa.string()),  # cascades: JSON {stage: share it certified}
         pa.field("search_verifier", pa.string()),  # the trial's own final verifier ...
         pa.field("search_cert_acc", pa.float64()),  # ... and its certified accuracy

@@ -63,7 +63,7 @@ UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
 #: counters (``val_final_<metric>``), the training loop's epoch metrics and loss terms, and
 #: the costs.
 _EVALUATION = (
-    r"(clean|cert|pgd|autoattack|aa_\w+)_acc|cert_by_\w+|lipschitz_constant|milp_undecided|n"
+    r"(clean|cert|pgd|autoattack|aa_\w+)_acc|cert_by_\w+|lipschitz_constant|(milp|bab)_undecided|n"
 )
 _FINAL_VAL = r"cert_acc|cert_by_\w+|lipschitz_constant|milp_undecided|n"
 _TRIAL_METRIC = re.compile(

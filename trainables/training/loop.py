@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from trainables.certify.verifiers import make_configured_verifier
 from trainables.config import TrainConfig
 from trainables.data import DatasetSplits, load_dataset
 from trainables.evaluation import evaluate
@@ -273,6 +274,12 @@ class _Run:
         pgd_steps: int | None = None,
     ) -> dict[str, float]:
         ev = self.config.eval
+        seed = self.config.seed * 100003 + seed
+        if verifier is not None:
+            settings = {"time_limit": ev.milp_time_limit, "seed": seed}
+            verifier = make_configured_verifier(
+                verifier, {**settings, "alpha_iterations": ev.alpha_iterations}
+            )
         return evaluate(
             self.model if model is None else model,
             dataset,
@@ -283,10 +290,9 @@ class _Run:
             subset=subset,
             batch_size=ev.batch_size,
             device=self.device,
-            seed=self.config.seed * 100003 + seed,
+            seed=seed,
             distributed=self.dist,
             attack=attack,
-            milp_time_limit=ev.milp_time_limit,
         )
 
     # -- data and checkpoints --------------------------------------------------------------

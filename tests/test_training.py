@@ -210,7 +210,7 @@ def test_the_final_verifier_certifies_the_validation_split_the_epochs_evaluate()
     assert 0 < final["val_final_cert_acc"] < 1, final  # a check that can tell values apart
     shares = {k: v / 60 for k, v in verdicts.counts.items()}
     by_stage = {k.removeprefix("val_final_"): v for k, v in final.items() if "final_cert_by" in k}
-    assert by_stage == pytest.approx(shares) and len(shares) == 3
+    assert by_stage == pytest.approx(shares) and len(shares) >= 3
     assert not any(k.startswith("val_final_") and "pgd" in k for k in final)  # no attack
 
     none = train(load_config(digits_config({**settings, "eval.final_verifier": None})))

@@ -65,7 +65,7 @@ UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
 _EVALUATION = (
     r"(clean|cert|pgd|autoattack|aa_\w+)_acc|cert_by_\w+|lipschitz_constant|(milp|bab)_undecided|n"
 )
-_FINAL_VAL = r"cert_acc|cert_by_\w+|lipschitz_constant|milp_undecided|n"
+_FINAL_VAL = r"cert_acc|cert_by_\w+|lipschitz_constant|(milp|bab)_undecided|n"
 _TRIAL_METRIC = re.compile(
     rf"(val|test)_({_EVALUATION})|val_final_({_FINAL_VAL})|teacher_val_(clean|pgd)_acc|train_clean_acc"
     r"|loss|loss_\w+|ibp_loss|adv_loss|kappa|eps|lr|seconds|examples_per_second"

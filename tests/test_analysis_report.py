@@ -30,7 +30,8 @@ from analysis.__main__ import main
 from analysis.importance import caveat, study_from_trials
 from analysis.labels import axis_label, certificate_source, describe_trial, key_params
 from analysis.loading import find_sweeps
-from analysis.report import certificate_lines, labelled, test_objectives
+from analysis.report import certificate_lines, labelled
+from analysis.report import test_objectives as split_twins
 from trainables.results import read_recertified, write_recertified
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -259,7 +260,7 @@ def test_the_final_verifiers_validation_certificate_is_labelled_as_such() -> Non
         "val_final_cert_acc\n(best, eps 0.1, validation split)"
     )
     objectives = ["val_clean_acc", "val_final_cert_acc"]
-    assert test_objectives(rows, objectives) == ["test_clean_acc", "test_cert_acc"]
+    assert split_twins(rows, objectives) == ["test_clean_acc", "test_cert_acc"]
     table = labelled(rows[["trial_id", *objectives]], rows)
     assert list(table.columns) == ["trial_id", "val_clean_acc", "val_final_cert_acc [best]"]
     assert certificate_lines(rows, objectives) == [

@@ -92,7 +92,6 @@ def test_cli_and_certify_or_attack_reject_unknown_methods(checkpoint, capsys) ->
         certify_or_attack(model, splits.test, "smoothing", eps=0.1, subset=2)
 
 
-@pytest.mark.slow
 def test_autoattack_per_attack_accuracy_is_cumulative_and_sound(checkpoint) -> None:
     pytest.importorskip("pyautoattack")
     from trainables.attacks.autoattack import AA_COLUMNS, STANDARD_ATTACKS, autoattack_robust

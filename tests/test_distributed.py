@@ -171,7 +171,6 @@ def _accuracy_close(a: float, b: float, n: float) -> bool:
     return abs(a - b) <= 1 / n + 1e-12
 
 
-@pytest.mark.slow
 def test_two_processes_train_like_one_with_the_same_global_batch(distributed) -> None:
     record = _Record()
     single = train(load_config(digits_config(EQUIVALENCE)), [record])
@@ -208,7 +207,6 @@ def test_two_processes_train_like_one_with_the_same_global_batch(distributed) ->
         torch.testing.assert_close(zero["state"][key], value, atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.slow
 def test_batchnorm_run_keeps_ranks_identical_and_only_rank_zero_checkpoints(distributed) -> None:
     directory = distributed["checkpoints"]
     zero, one = distributed["batchnorm"]

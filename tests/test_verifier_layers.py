@@ -1,5 +1,5 @@
 """The layers around certification (the package graph of ``tests/import_graph.py``): the
-verifiers sit below the training loop, the checkpoint CLI above it, the attacks below the
+verifiers sit below the training loop, checkpoint certification above it, the attacks below the
 losses. ``tests/test_import_graph.py`` checks that no cycle is left anywhere."""
 
 from __future__ import annotations
@@ -15,4 +15,4 @@ def test_the_layers_of_certification() -> None:
     assert "trainables.training" not in edges["trainables.evaluation"]
     assert "trainables.losses" not in edges["trainables.attacks"]  # its objectives are its own
     above = {"trainables.certify", "trainables.evaluation", "trainables.training"}
-    assert above <= edges["trainables.certify_checkpoint"]
+    assert above <= edges["trainables.checkpoint_certification"]

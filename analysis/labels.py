@@ -2,7 +2,8 @@
 
 A certified column ``<split>_cert_acc`` of a trial row holds the final evaluation's
 certificate when ``split`` is the trial's ``final_split`` (by ``final_verifier``), else the
-last per-epoch one (``eval_split``, by ``eval_verifier``); epoch rows hold the per-epoch
+last per-epoch one (``eval_split``, by ``eval_verifier``); ``val_final_cert_acc`` holds the
+final verifier's certificate of the validation split; epoch rows hold the per-epoch
 certificate. Every trial records these settings and the radius ``cert_eps``
 (``trainables.results.PROVENANCE_COLUMNS``); rows written before that only have
 ``test_verifier``. Trials are described by their method and teacher first, then by the
@@ -16,17 +17,18 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from trainables.results import PARAM_PREFIX
+from trainables.results import FINAL_VAL_CERT, PARAM_PREFIX
 
 __all__ = [
     "axis_label",
     "certificate_source",
+    "column_verifiers",
     "describe_trial",
     "key_params",
     "row_verifiers",
 ]
 
-CERTIFIED = re.compile(r"(val|test)_cert_acc")
+CERTIFIED = re.compile(rf"(val|test)_cert_acc|{FINAL_VAL_CERT}")
 SPLITS = {"val": "validation", "test": "test"}
 #: Parameters that say most about a trial, shown first in its label when they are searched.
 LEAD_PARAMS = ("method.name", "teacher.name")
@@ -50,6 +52,17 @@ def row_verifiers(rows: pd.DataFrame, split: str, *, per_epoch: bool = False) ->
     return recorded
 
 
+def column_verifiers(rows: pd.DataFrame, column: str, *, per_epoch: bool = False) -> pd.Series:
+    """The verifier behind each row's value of the certified ``column`` (see ``CERTIFIED``)."""
+    if column == FINAL_VAL_CERT:
+        return _column(rows, "final_verifier")
+    return row_verifiers(rows, _split(column), per_epoch=per_epoch)
+
+
+def _split(column: str) -> str:
+    return column.split("_", 1)[0]
+
+
 def _summary(values: pd.Series, fmt: str = "{}") -> str | None:
     """One value, or each value with its count; None when none is recorded."""
     counts = values.dropna().value_counts()
@@ -63,12 +76,11 @@ def _summary(values: pd.Series, fmt: str = "{}") -> str | None:
 def certificate_source(rows: pd.DataFrame, column: str, *, per_epoch: bool = False) -> str | None:
     """``"crown-ibp, eps 0.1, validation split"`` for a certified column (over the rows that
     have a value; several verifiers are counted), None for any other column."""
-    match = CERTIFIED.fullmatch(column)
-    if match is None:
+    if CERTIFIED.fullmatch(column) is None:
         return None
-    split = match.group(1)
+    split = _split(column)
     shown = rows[rows[column].notna()] if column in rows else rows.iloc[:0]
-    verifier = _summary(row_verifiers(shown, split, per_epoch=per_epoch))
+    verifier = _summary(column_verifiers(shown, column, per_epoch=per_epoch))
     eps = _summary(_column(shown, "cert_eps"), "{:g}")
     if verifier is None and eps is None:
         return f"{SPLITS[split]} split; verifier and eps not recorded"

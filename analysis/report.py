@@ -28,7 +28,7 @@ from analysis.front import (
     objectives_of,
 )
 from analysis.importance import caveat, param_importances
-from analysis.labels import CERTIFIED, MISSING, certificate_source, row_verifiers
+from analysis.labels import CERTIFIED, MISSING, certificate_source, column_verifiers
 from analysis.loading import load
 from analysis.plots import (
     front_figure,
@@ -37,6 +37,7 @@ from analysis.plots import (
     learning_curves_figure,
 )
 from trainables.results import (
+    FINAL_VAL_CERT,
     STATUSES,
     SweepLocation,
     find_sweeps,
@@ -133,10 +134,11 @@ def front_table(
 
 def test_objectives(trials: pd.DataFrame, objectives: Sequence[str]) -> list[str] | None:
     """The objectives with each ``val_*`` one replaced by its test-split twin, when the
-    trials have it; None when there is none (no test-split front to show)."""
+    trials have it (``val_final_cert_acc``'s: ``test_cert_acc``, by the same final verifier
+    when the final split is test); None when there is none (no test-split front to show)."""
     twins = []
     for name in objectives:
-        twin = "test_" + name.removeprefix("val_")
+        twin = "test_cert_acc" if name == FINAL_VAL_CERT else "test_" + name.removeprefix("val_")
         usable = name.startswith("val_") and twin in trials and trials[twin].notna().any()
         twins.append(twin if usable else name)
     return twins if twins != list(objectives) else None
@@ -147,10 +149,9 @@ def labelled(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     rows have one; ``test_verifier`` is then left out (it says the same)."""
     names = {}
     for column in table.columns:
-        match = CERTIFIED.fullmatch(str(column))
-        if match:
+        if CERTIFIED.fullmatch(str(column)):
             shown = trials[trials["trial_id"].isin(table["trial_id"])]
-            verifiers = row_verifiers(shown, match.group(1)).dropna().unique()
+            verifiers = column_verifiers(shown, str(column)).dropna().unique()
             if len(verifiers) == 1:
                 names[column] = f"{column} [{verifiers[0]}]"
     table = table.rename(columns=names)

@@ -31,7 +31,7 @@ from sweeps.checks import SweepCheck, complete_point
 from sweeps.trackers import Tracker, check_trackers
 from trainables.config import TrainConfig, flatten, load_config, unflatten
 from trainables.config_io import describe_errors, read_yaml_mapping
-from trainables.results import is_trial_metric
+from trainables.results import FINAL_VAL_CERT, is_trial_metric
 
 #: A sweep name is a folder under the storage: no path separators, no "." or ".." alone.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -62,7 +62,7 @@ def _reported_metric(name: str) -> str:
     if not is_trial_metric(name):
         raise ValueError(
             f"{name!r} is no metric a trial reports (e.g. val_clean_acc, val_cert_acc,"
-            " test_cert_acc, val_pgd_acc, wall_time_s, device_hours, loss)"
+            " val_final_cert_acc, test_cert_acc, val_pgd_acc, wall_time_s, device_hours, loss)"
         )
     return name
 
@@ -117,7 +117,7 @@ class SweepConfig(_Group):
     objectives: list[Objective] = Field(
         default_factory=lambda: [
             Objective(metric="val_clean_acc"),
-            Objective(metric="val_cert_acc"),
+            Objective(metric=FINAL_VAL_CERT),
         ],
         min_length=1,
     )
@@ -225,10 +225,34 @@ def check_sweep(
         gpus_per_worker=sweep.resources.gpus_per_worker,
         runs_here=runs_here,
     ).run()
+    problems = problems or final_metric_problems(sweep)  # needs a config that loads
     if problems:
         raise SweepConfigError("\n".join([f"invalid sweep config {path}:", *problems]))
     never = [f"space: {w.message}" for w in caught if issubclass(w.category, UserWarning)]
     return CheckedSweep(sweep, never + found)
+
+
+def final_metric_problems(sweep: SweepConfig) -> list[str]:
+    """Objectives and constraints measured by the final verifier need one, and early stopping
+    on such an objective needs its per-epoch stand-in (``trainables.tune.stopping_metrics``)."""
+    evaluation = sweep.training_config().eval
+    problems = []
+    for group, items in (("objectives", sweep.objectives), ("constraints", sweep.constraints)):
+        for i, item in enumerate(items):
+            if item.metric.startswith("val_final_") and evaluation.final_verifier is None:
+                problems.append(
+                    f"  {group}.{i}.metric: {item.metric} is measured by"
+                    " training.eval.final_verifier, which is null: set one (e.g. best) or"
+                    " use the per-epoch val_cert_acc"
+                )
+    finals = [o.metric for o in sweep.objectives if o.metric == FINAL_VAL_CERT]
+    if finals and sweep.early_stopping.kind != "none" and evaluation.verifier is None:
+        problems.append(
+            f"  early_stopping.kind: {sweep.early_stopping.kind} compares unfinished trials on"
+            f" {evaluation.split}_cert_acc in place of {finals[0]}, but training.eval.verifier"
+            " is null: set one (e.g. crown-ibp) or early_stopping.kind: none"
+        )
+    return problems
 
 
 #: Groups whose own keys are dotted: ``training.optim.lr`` sets the key ``optim.lr`` there.

@@ -52,6 +52,7 @@ from sweeps.study import (
 from sweeps.teachers import prepare_teachers
 from sweeps.trackers import JOB_ENV
 from sweeps.trackers import callbacks as tracker_callbacks
+from trainables.config import TrainConfig
 from trainables.results import (
     COMPLETED,
     DamagedFileWarning,
@@ -63,7 +64,7 @@ from trainables.results import (
     read_sweep,
 )
 from trainables.results.storage import check_writable, is_uri
-from trainables.tune import run_trial
+from trainables.tune import run_trial, stopping_metrics
 
 DRIVER_CPUS = 1  # a DDP trial's own process: it drives the Ray Train run of its workers
 #: Tune's switch between its new output engine (1) and the legacy one (0, silent at verbose 0).
@@ -167,14 +168,17 @@ def max_concurrent(sweep: SweepConfig) -> int:
     return max(1, int(fits))
 
 
-def build_scheduler(sweep: SweepConfig, total_epochs: int):
+def build_scheduler(sweep: SweepConfig, training: TrainConfig):
+    """The early-stopping scheduler, on per-epoch metrics: an objective measured only at the
+    end (``val_final_cert_acc``) is replaced by its stand-in (``tune.stopping_metrics``)."""
     stopping = sweep.early_stopping
-    metrics = [o.metric for o in sweep.objectives]
-    modes = [o.mode for o in sweep.objectives]
+    objectives = {o.metric: o.mode for o in sweep.objectives}
+    metrics = stopping_metrics(objectives, training.eval.split)
+    total_epochs = training.epochs
     if stopping.kind == "mo-asha":
         return MultiObjectiveASHA(
-            metrics=metrics,
-            modes=modes,
+            metrics=list(metrics),
+            modes=list(metrics.values()),
             time_attr="epoch",
             max_t=total_epochs,
             grace_period=stopping.grace_period,
@@ -356,7 +360,7 @@ def _run_trials(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=build_scheduler(sweep, training.epochs),
+            scheduler=build_scheduler(sweep, training),
             num_samples=remaining,
             max_concurrent_trials=max_concurrent(sweep),
             # A new actor per trial costs seconds (a process importing torch and the

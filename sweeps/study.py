@@ -214,12 +214,15 @@ class ParetoOptunaSearch(OptunaSearch):
     Ray's OptunaSearch tells Optuna the last result of every finished trial as COMPLETE, so
     a trial stopped after one epoch would enter the front and the sampler with low-budget
     values: the status comes from ``trainables.results.trial_status`` instead (pruned ->
-    PRUNED, failed -> FAIL). Constraint values (``min - metric``, feasible when <= 0) are
-    stored as the user attribute the samplers' ``constraints_func`` reads. Each trial gets
-    the user attributes ``trial_id`` (Tune's) and ``folder`` (its Tune folder under
-    ``ray/``); a trial queued to re-run a cut-off one gets those folders in its config.
-    The searcher keeps no state of its own: ``save`` writes the trial map as JSON and a
-    resume builds a new searcher on the study (``restore`` is refused).
+    PRUNED, failed -> FAIL). So a trial stopped early, which never reached the final
+    certificate (``val_final_cert_acc``, None in its epoch reports), is PRUNED: no value
+    is made up for it, nor taken from the per-epoch verifier. Constraint values
+    (``min - metric``, feasible when <= 0) are stored as the user attribute the samplers'
+    ``constraints_func`` reads. Each trial gets the user attributes ``trial_id`` (Tune's)
+    and ``folder`` (its Tune folder under ``ray/``); a trial queued to re-run a cut-off one
+    gets those folders in its config. The searcher keeps no state of its own: ``save``
+    writes the trial map as JSON and a resume builds a new searcher on the study
+    (``restore`` is refused).
     """
 
     def __init__(

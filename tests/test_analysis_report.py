@@ -30,6 +30,8 @@ from analysis.__main__ import main
 from analysis.importance import caveat, study_from_trials
 from analysis.labels import axis_label, certificate_source, describe_trial, key_params
 from analysis.loading import find_sweeps
+from analysis.report import certificate_lines, labelled
+from analysis.report import test_objectives as split_twins
 from trainables.results import read_recertified, write_recertified
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -232,6 +234,38 @@ def test_certified_numbers_are_labelled_with_their_source() -> None:
     done = {"val_clean_acc": [0.6, 0.7, 0.8], "status": "completed", "epochs_run": 3}
     figure = front_figure(rows.assign(**done, total_epochs=3))
     assert figure.axes[0].get_ylabel() == axis_label(rows, "val_cert_acc")
+
+
+def test_the_final_verifiers_validation_certificate_is_labelled_as_such() -> None:
+    """``val_final_cert_acc`` is the final verifier's on the validation split, whatever the
+    final split; its test-split twin is ``test_cert_acc``."""
+    rows = pd.DataFrame(
+        {
+            "trial_id": ["a", "b"],
+            "status": "completed",
+            "val_clean_acc": [0.6, 0.7],
+            "val_final_cert_acc": [0.5, 0.4],
+            "test_clean_acc": [0.55, 0.65],
+            "test_cert_acc": [0.45, 0.35],
+            "test_verifier": "best",
+            "eval_verifier": "crown-ibp",
+            "eval_split": "val",
+            "final_verifier": "best",
+            "final_split": "test",
+            "cert_eps": 0.1,
+        }
+    )
+    assert certificate_source(rows, "val_final_cert_acc") == "best, eps 0.1, validation split"
+    assert axis_label(rows, "val_final_cert_acc") == (
+        "val_final_cert_acc\n(best, eps 0.1, validation split)"
+    )
+    objectives = ["val_clean_acc", "val_final_cert_acc"]
+    assert split_twins(rows, objectives) == ["test_clean_acc", "test_cert_acc"]
+    table = labelled(rows[["trial_id", *objectives]], rows)
+    assert list(table.columns) == ["trial_id", "val_clean_acc", "val_final_cert_acc [best]"]
+    assert certificate_lines(rows, objectives) == [
+        "- Certificates: val_final_cert_acc: best, eps 0.1, validation split"
+    ]
 
 
 def test_points_are_labelled_by_method_and_teacher_first() -> None:

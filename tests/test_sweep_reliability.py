@@ -188,7 +188,8 @@ def test_a_journal_cut_short_is_repaired_and_other_damage_named(tmp_path: Path) 
 
 def _rows(entries: list[dict]) -> pd.DataFrame:
     base = {"config_json": json.dumps({"optim.lr": 0.01, "method.name": "ibp"})}
-    return pd.DataFrame([{**base, "val_clean_acc": 0.5, "val_cert_acc": 0.2, **e} for e in entries])
+    values = {"val_clean_acc": 0.5, "val_final_cert_acc": 0.2}
+    return pd.DataFrame([{**base, **values, **e} for e in entries])
 
 
 def test_reconcile_adds_rows_tells_ends_and_reruns_cut_off_trials(sweep_file: Path) -> None:
@@ -198,7 +199,7 @@ def test_reconcile_adds_rows_tells_ends_and_reruns_cut_off_trials(sweep_file: Pa
     sweep = load_sweep(sweep_file).model_copy(update={"optuna_storage": "journal"})
     storage = study_storage(sweep, str(sweep_file.parent))
     study = open_study(sweep, storage, "test")
-    assert study.metric_names == ["val_clean_acc", "val_cert_acc"]
+    assert study.metric_names == ["val_clean_acc", "val_final_cert_acc"]
     attrs = [("t_told", "ray/demo/demo_0_t_told"), ("t_cut", "ray/demo/demo_1_t_cut")]
     attrs.append(("t_lost", "ray/demo/demo_2_t_lost"))
     for trial_id, folder in attrs:
@@ -238,7 +239,7 @@ def test_a_study_rebuilt_from_rows_has_the_searched_distributions(sweep_file: Pa
     study = open_study(sweep, study_storage(sweep, str(sweep_file.parent)), "memory")
     config = json.dumps({"optim.lr": 0.02, "method.name": "sabr", "method.sabr_lambda": 0.3})
     rows = _rows([{"trial_id": "a", "status": "completed", "config_json": config}])
-    rows.loc[0, "val_cert_acc"] = math.nan  # a missing value counts as the worst
+    rows.loc[0, "val_final_cert_acc"] = math.nan  # a missing value counts as the worst
     reconcile(study, rows, SPACE, sweep)
     (trial,) = study.trials
     assert trial.params == {"optim.lr": 0.02, "method.name": "sabr", "method.sabr_lambda": 0.3}
@@ -345,6 +346,70 @@ def test_a_replaced_objective_keeps_its_reason_in_every_epoch_that_carries_it() 
     fine = reporter.finite_objectives({"epoch": 4, "val_clean_acc": 0.7, "val_cert_acc": 0.2})
     assert "nan_reason" not in fine and fine["score"] == pytest.approx(0.45)
     assert "nan_reason" not in reporter.finite_objectives({"epoch": 5})  # real values carried
+
+
+def test_the_final_certificate_is_reported_at_the_end_only_and_pruned_trials_get_none(
+    tmp_path: Path, sweep_file: Path
+) -> None:
+    """Epoch reports leave ``val_final_cert_acc`` None (the per-epoch ``val_cert_acc`` stands
+    in for early stopping and ``score``); a trial stopped early is told PRUNED and its row
+    holds null; a finished one is told the final verifier's value."""
+    from torch import nn
+
+    from sweeps.config import EarlyStopping
+    from sweeps.driver import build_scheduler
+    from sweeps.sink import epoch_metrics
+    from trainables.results import SweepWriter, read_trials
+    from trainables.training.loop import RunResult
+    from trainables.tune import _final_report, _Reporter
+
+    objectives = {"val_clean_acc": "max", "val_final_cert_acc": "max"}
+    reporter = _Reporter(objectives, devices=1, provenance={"final_verifier": "best"})
+    reporter.epochs = 3
+    first = reporter.epoch_report({"epoch": 1, "val_clean_acc": 0.6, "val_cert_acc": 0.2})
+    assert first["val_final_cert_acc"] is None and "nan_reason" not in first
+    assert first["score"] == pytest.approx(0.4)  # on the per-epoch stand-in
+    second = reporter.epoch_report({"epoch": 2, "val_clean_acc": 0.7})  # not evaluated
+    assert (second["val_cert_acc"], second["val_final_cert_acc"]) == (0.2, None)
+    history = [{"epoch": 3, "val_clean_acc": 0.8, "val_cert_acc": 0.1}]
+    final_metrics = {"test_cert_acc": 0.3, "val_final_cert_acc": 0.45, "test_verifier": "best"}
+    result = RunResult("completed", 3, history, final_metrics, None, nn.Identity())
+    final = _final_report(result, reporter, seed=0)
+    assert (final["val_final_cert_acc"], final["val_cert_acc"]) == (0.45, 0.1)
+    assert "nan_reason" not in final and final["score"] == pytest.approx(0.45)
+
+    searcher = ParetoOptunaSearch(
+        space=lambda trial: {"x": trial.suggest_float("x", 0, 1)},
+        metric=list(objectives),
+        mode=list(objectives.values()),
+        total_epochs=3,
+        constraints={},
+        folder_of=lambda trial_id, number: f"ray/e/{number}_{trial_id}",
+    )
+    for trial_id, last in (("short", second), ("full", final)):
+        searcher.suggest(trial_id)
+        searcher.on_trial_complete(trial_id, last)
+    short, full = searcher._ot_study.trials
+    assert (short.state, short.values) == (TrialState.PRUNED, None)
+    assert (full.state, full.values) == (TrialState.COMPLETE, [0.8, 0.45])
+    writer = SweepWriter(
+        str(tmp_path),
+        "s",
+        param_types={},
+        total_epochs=3,
+        objectives=list(objectives),
+        code_version="v",
+    )
+    history_seen = {1: epoch_metrics(first), 2: epoch_metrics(second)}
+    assert writer.write("short", config={}, last=second, history=history_seen) == "pruned"
+    row = read_trials(str(tmp_path), "s").iloc[0]
+    assert pd.isna(row["val_final_cert_acc"]) and row["val_cert_acc"] == 0.2
+
+    # early stopping compares trials on the per-epoch certificate in its place
+    sweep = load_sweep(sweep_file)
+    mo_asha = sweep.model_copy(update={"early_stopping": EarlyStopping(kind="mo-asha")})
+    scheduler = build_scheduler(mo_asha, sweep.training_config())
+    assert scheduler._metrics == ("val_clean_acc", "val_cert_acc")
 
 
 def test_the_front_fits_the_width_and_names_what_it_leaves_out() -> None:

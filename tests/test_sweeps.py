@@ -16,7 +16,7 @@ from sweep_helpers import write_short_demo
 from search_spaces import load_space
 from sweeps import CONFIGS_DIR
 from sweeps.__main__ import main
-from sweeps.config import SweepConfigError, load_sweep
+from sweeps.config import SweepConfig, SweepConfigError, load_sweep
 from sweeps.driver import SweepResourcesError, run_sweep
 from sweeps.progress import WIDTH
 from sweeps.state import SweepChangedError
@@ -41,8 +41,16 @@ TINY_TEACHER = {
 
 @pytest.mark.parametrize("path", sorted(CONFIGS_DIR.glob("*.yaml")), ids=lambda p: p.name)
 def test_ready_configs_validate(path: Path) -> None:
-    load_sweep(path)
+    """... and tune on the final verifier's certificate of the validation split."""
+    sweep = load_sweep(path)
+    assert [o.metric for o in sweep.objectives] == ["val_clean_acc", "val_final_cert_acc"]
+    assert sweep.training_config().eval.final_verifier is not None
     assert main(["validate", str(path)]) == 0
+
+
+def test_the_default_objectives_are_clean_and_final_certified_accuracy_on_val() -> None:
+    default = [(o.metric, o.mode) for o in SweepConfig(name="s").objectives]
+    assert default == [("val_clean_acc", "max"), ("val_final_cert_acc", "max")]
 
 
 def _write(tmp_path: Path, change: dict) -> Path:
@@ -68,6 +76,15 @@ def _write(tmp_path: Path, change: dict) -> Path:
         ({"space": {"preset": "nope"}}, "nope"),
         ({"space/overrides/optim.lr": {"type": "float", "low": 1, "high": 0}}, "optim.lr"),
         ({"training/optim.lr": 0.01}, "fixes searched key(s) ['optim.lr']"),
+        (
+            {"training/eval.final_verifier": None},
+            "objectives.1.metric: val_final_cert_acc is measured by"
+            " training.eval.final_verifier, which is null",
+        ),
+        (
+            {"training/eval.verifier": None, "early_stopping": {"kind": "mo-asha"}},
+            "early_stopping.kind: mo-asha compares unfinished trials on val_cert_acc",
+        ),
     ],
 )
 def test_bad_configs_fail_naming_file_and_key(tmp_path, change, named) -> None:
@@ -188,11 +205,10 @@ def test_demo_sweep_runs_resumes_and_extends(tmp_path, local_ray, capsys) -> Non
     trials = read_trials(str(tmp_path), "demo")
     assert len(trials) == 3 and set(trials["status"]) == {"completed"}
     assert trials["test_cert_acc"].between(0, 1).all()
+    assert trials["val_final_cert_acc"].between(0, 1).all()  # the final verifier's, on val
     assert trials["checkpoint_uri"].notna().all()
     provenance = ["eval_verifier", "eval_split", "final_verifier", "final_split", "cert_eps"]
-    assert set(map(tuple, trials[provenance].values)) == {
-        ("crown-ibp", "val", "crown", "test", 0.1)
-    }
+    assert set(map(tuple, trials[provenance].values)) == {("crown-ibp", "val", "best", "test", 0.1)}
     assert (trials["epochs_run"] == 2).all()
     assert len(read_epochs(str(tmp_path), "demo")) == 6
     assert f"report: {results}/report/index.html" in printed
@@ -204,18 +220,20 @@ def test_demo_sweep_runs_resumes_and_extends(tmp_path, local_ray, capsys) -> Non
     assert {name.split("_", 2)[2] for name in folders} == set(trials["trial_id"])
     finished = [line for line in printed.splitlines() if line.startswith("[")]
     assert [line[:5] for line in finished] == ["[1/3]", "[2/3]", "[3/3]"]
-    assert all("completed" in line and "val_cert_acc" in line for line in finished)
+    assert all("completed" in line and "val_final_cert_acc" in line for line in finished)
     front = printed[printed.index("Pareto front:") : printed.index("results (Parquet)")]
     assert max(len(line) for line in front.splitlines()) <= WIDTH
     assert "SearchGenerator" not in printed and "TensorBoard" not in printed  # Ray is quiet
     # Optuna: named metrics, Tune's trial ids on the trials
     journal = JournalStorage(JournalFileBackend(f"{results}/{OPTUNA_FILES['journal']}"))
     study = optuna.load_study(study_name="demo", storage=journal)
-    assert study.metric_names == ["val_clean_acc", "val_cert_acc"]
+    assert study.metric_names == ["val_clean_acc", "val_final_cert_acc"]
+    told = {t.user_attrs["trial_id"]: t.values[1] for t in study.trials}
+    assert told == dict(zip(trials["trial_id"], trials["val_final_cert_acc"], strict=True))
     assert {t.user_attrs["trial_id"] for t in study.trials} == set(trials["trial_id"])
     # trackers: one MLflow run per trial (per-epoch metrics, its parameters), TensorBoard files
     assert mlflow_runs(tmp_path / "demo", "demo") == {name: 2 for name in folders}  # 2 epochs each
-    objectives = {"ray/tune/val_clean_acc", "ray/tune/val_cert_acc"}
+    objectives = {"ray/tune/val_clean_acc", "ray/tune/val_final_cert_acc"}
     assert all(objectives <= tensorboard_tags(experiment / name) for name in folders)
 
     # a resume restores nothing from Ray's files: planted pickles there never run

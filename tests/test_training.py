@@ -184,3 +184,34 @@ def test_bn_conventions_both_train(tmp_path) -> None:
         result = train(load_config(digits_config(overrides)))
         assert result.status == "completed"
         assert 0.0 <= result.final["test_cert_acc"] <= result.final["test_clean_acc"]
+
+
+def test_the_final_verifier_certifies_the_validation_split_the_epochs_evaluate() -> None:
+    """``val_final_cert_acc`` (what a sweep tunes on) is the final verifier's certificate of
+    the first ``eval.subset`` validation examples, with its cascade's shares; without a
+    final verifier there is none."""
+    from trainables.certify.verifiers import make_verifier
+    from trainables.models.modes import eval_mode
+    from trainables.training.loop import load_splits
+
+    settings = {"method.name": "ibp", "epochs": 1, "eps_schedule.start": 1, "test_eps": 0.02}
+    settings["eps_schedule.length"] = 1
+    settings.update({"eval.subset": 60, "eval.pgd_steps": 0, "eval.final_verifier": "best"})
+    config = load_config(digits_config({**settings, "eval.final_subset": 30}))
+    result = train(config)
+    val = load_splits(config).val
+    x = torch.stack([val[i][0] for i in range(60)])
+    y = torch.tensor([int(val[i][1]) for i in range(60)])
+    with eval_mode(result.model):
+        verdicts = make_verifier("best").certify(result.model, x, y, 0.02)
+    final = result.final
+    assert final["val_final_n"] == 60 and final["test_n"] == 30
+    assert final["val_final_cert_acc"] == pytest.approx(verdicts.certified.float().mean().item())
+    assert 0 < final["val_final_cert_acc"] < 1, final  # a check that can tell values apart
+    shares = {k: v / 60 for k, v in verdicts.counts.items()}
+    by_stage = {k.removeprefix("val_final_"): v for k, v in final.items() if "final_cert_by" in k}
+    assert by_stage == pytest.approx(shares) and len(shares) >= 3
+    assert not any(k.startswith("val_final_") and "pgd" in k for k in final)  # no attack
+
+    none = train(load_config(digits_config({**settings, "eval.final_verifier": None})))
+    assert not any(k.startswith("val_final_") for k in none.final)

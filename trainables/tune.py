@@ -13,6 +13,15 @@ status, the full epoch history and the URI of the final checkpoint, copied atomi
 ``<results>/checkpoints/<trial_id>/``: a scheduler that stops a trial when it reaches its
 budget (Ray's ASHA does) would otherwise stop it before its final metrics.
 
+An objective measured only at the end (``FINAL_ONLY``: ``val_final_cert_acc``, the final
+verifier's certificate of the validation split) is None in every epoch report: Tune needs
+the key, and no value from another verifier may stand under its name. Early stopping
+compares unfinished trials on its per-epoch stand-in instead (``stopping_metrics``:
+``<eval.split>_cert_acc``, from ``eval.verifier``), which every report carries like an
+objective, and the scalarised ``score`` (plain ASHA's metric) is taken over those. A trial
+stopped early thus never has a value for it: Optuna is told PRUNED
+(``sweeps.study.ParetoOptunaSearch``) and its row holds null.
+
 Errors that a retry cannot fix (a bad config, a missing dataset or teacher, a checkpoint of
 another model) end the trial at once with a ``failed`` report naming the error, instead of
 raising: Tune would retry the trial ``max_failures`` times for nothing.
@@ -51,6 +60,7 @@ from ray import tune
 
 from trainables.config import ConfigError, TrainConfig, load_config
 from trainables.data import DatasetNotFoundError
+from trainables.results.schema import FINAL_VAL_CERT
 from trainables.results.storage import copy_atomic, open_storage
 from trainables.results.writing import ERROR_CHARS
 from trainables.teachers import TeacherError
@@ -64,12 +74,16 @@ from trainables.training.teacher_cache import ensure_teacher
 RESUME_KEY = "_resume_from"
 #: Errors a retry cannot fix: the trial fails at once (see the module docstring).
 DETERMINISTIC_ERRORS = (ConfigError, DatasetNotFoundError, TeacherError, CheckpointError)
+#: Objectives measured once, at the end of a full-budget trial -> the per-epoch metric (of
+#: ``eval.split``, without the split) that stands in for them in early stopping.
+FINAL_ONLY = {FINAL_VAL_CERT: "cert_acc"}
 
 
 def provenance(config: TrainConfig) -> dict[str, Any]:
     """What produced the certified metrics (``trainables.results.PROVENANCE_COLUMNS``), in
     every report: ``<eval_split>_cert_acc`` per epoch with ``eval_verifier``, the final
-    ``<final_split>_cert_acc`` with ``final_verifier``, both at the L-inf radius ``cert_eps``."""
+    ``<final_split>_cert_acc`` and ``val_final_cert_acc`` with ``final_verifier``, all at
+    the L-inf radius ``cert_eps``."""
     ev = config.eval
     return {
         "eval_verifier": ev.verifier,
@@ -78,6 +92,17 @@ def provenance(config: TrainConfig) -> dict[str, Any]:
         "final_split": ev.final_split,
         "cert_eps": config.eval_eps,
     }
+
+
+def stopping_metrics(objectives: dict[str, str], eval_split: str) -> dict[str, str]:
+    """The metrics schedulers compare unfinished trials on: the objectives, each final-only
+    one replaced by its per-epoch stand-in (``val_final_cert_acc`` -> ``<eval_split>_cert_acc``,
+    once even when that is an objective too)."""
+    metrics: dict[str, str] = {}
+    for name, mode in objectives.items():
+        stand_in = f"{eval_split}_{FINAL_ONLY[name]}" if name in FINAL_ONLY else name
+        metrics.setdefault(stand_in, mode)
+    return metrics
 
 
 def worst_value(mode: str) -> float:
@@ -100,9 +125,14 @@ class _Reporter(TrainingCallback):
     """Turns the loop's epoch metrics into ``tune.report`` calls (see the module docstring)."""
 
     def __init__(
-        self, objectives: dict[str, str], devices: float, provenance: dict[str, Any]
+        self,
+        objectives: dict[str, str],
+        devices: float,
+        provenance: dict[str, Any],
+        eval_split: str = "val",
     ) -> None:
         self.objectives, self.devices, self.provenance = objectives, devices, provenance
+        self.stopping = stopping_metrics(objectives, eval_split)
         self.started = time.monotonic()
         #: objective -> (value, why it was replaced or None): what later epochs carry
         self.carried: dict[str, tuple[float, str | None]] = {}
@@ -111,10 +141,15 @@ class _Reporter(TrainingCallback):
     def on_train_begin(self, info: RunInfo) -> None:
         self.is_main, self.epochs = info.is_main, info.epochs
 
-    def finite_objectives(self, metrics: dict[str, Any]) -> dict[str, Any]:
+    def finite_objectives(self, metrics: dict[str, Any], *, final: bool = False) -> dict[str, Any]:
+        """``metrics`` with every objective and stopping metric finite (the final-only
+        objectives: None in an epoch report, see the module docstring) and ``score``."""
         report, reasons = dict(metrics), []
         epoch = metrics.get("epoch", "?")
-        for name, mode in self.objectives.items():
+        for name, mode in {**self.stopping, **self.objectives}.items():
+            if name in FINAL_ONLY and not final:
+                report[name] = None
+                continue
             if name in metrics:
                 value, reason = metrics[name], None
                 if not _finite(value):
@@ -131,7 +166,7 @@ class _Reporter(TrainingCallback):
                 reasons.append(reason)
         if reasons:
             report["nan_reason"] = "; ".join(reasons)
-        report["score"] = scalarised(report, self.objectives)
+        report["score"] = scalarised(report, self.stopping)
         report.update(self.provenance)
         return report
 
@@ -184,7 +219,9 @@ class _TrialRun:
             elif self.resume_from:
                 _copy_newest_checkpoint(self.results_uri, self.resume_from, workdir)
             config = load_config(self.training, {**self.params, "checkpoint.dir": str(workdir)})
-            reporter = reporter_type(self.objectives, self.devices, provenance(config))
+            reporter = reporter_type(
+                self.objectives, self.devices, provenance(config), config.eval.split
+            )
             result = train(config, [reporter])
             final = _final_report(result, reporter, config.seed)
             if reporter.is_main:  # only rank 0 wrote the checkpoint (and Tune hears rank 0)
@@ -294,8 +331,8 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
 
 
 def _final_report(result: RunResult, reporter: _Reporter, seed: int) -> dict[str, Any]:
-    report = reporter.finite_objectives({**(result.history[-1] if result.history else {})})
-    report.update(result.final)
+    last_epoch = result.history[-1] if result.history else {}
+    report = reporter.finite_objectives({**last_epoch, **result.final}, final=True)
     report.update(
         status=result.status,
         seed=seed,

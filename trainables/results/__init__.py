@@ -23,6 +23,7 @@ from trainables.results.reading import (
 )
 from trainables.results.recertification import read_recertified, write_recertified
 from trainables.results.schema import (
+    FINAL_VAL_CERT,
     METRIC_COLUMNS,
     PARAM_PREFIX,
     SCHEMA_VERSION,
@@ -52,6 +53,7 @@ __all__ = [
     "COMPLETED",
     "DIVERGED",
     "FAILED",
+    "FINAL_VAL_CERT",
     "METRIC_COLUMNS",
     "PARAM_PREFIX",
     "PRUNED",

@@ -38,11 +38,16 @@ METRIC_COLUMNS = (
     "test_clean_acc",
     "test_cert_acc",
     "test_pgd_acc",
+    "val_final_cert_acc",
 )
+#: The final verifier's certificate of the validation samples the epochs evaluate, measured
+#: once at the end of a trial that ran its full budget: what a sweep tunes on by default.
+FINAL_VAL_CERT = "val_final_cert_acc"
 #: What produced the certified columns (the trial's evaluation settings): per epoch,
 #: ``<eval_split>_cert_acc`` by ``eval_verifier``; at the end, ``<final_split>_cert_acc`` by
-#: ``final_verifier`` (also in ``test_verifier`` when the final split is test); both at the
-#: L-inf radius ``cert_eps``. Null in rows written before they were recorded (and in rows of
+#: ``final_verifier`` (also in ``test_verifier`` when the final split is test), and
+#: ``val_final_cert_acc`` by ``final_verifier`` on the validation split; all at the L-inf
+#: radius ``cert_eps``. Null in rows written before they were recorded (and in rows of
 #: trials that failed before their first report).
 PROVENANCE_COLUMNS = {
     "eval_verifier": pa.string(),
@@ -54,12 +59,15 @@ PROVENANCE_COLUMNS = {
 UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 #: Names of the metrics a trial can report (``is_trial_metric``): the evaluation's
-#: ``<split>_<metric>``, the training loop's epoch metrics and loss terms, and the costs.
+#: ``<split>_<metric>``, the final verifier's certificate of the validation split and its
+#: counters (``val_final_<metric>``), the training loop's epoch metrics and loss terms, and
+#: the costs.
 _EVALUATION = (
     r"(clean|cert|pgd|autoattack|aa_\w+)_acc|cert_by_\w+|lipschitz_constant|(milp|bab)_undecided|n"
 )
+_FINAL_VAL = r"cert_acc|cert_by_\w+|lipschitz_constant|(milp|bab)_undecided|n"
 _TRIAL_METRIC = re.compile(
-    rf"(val|test)_({_EVALUATION})|teacher_val_(clean|pgd)_acc|train_clean_acc"
+    rf"(val|test)_({_EVALUATION})|val_final_({_FINAL_VAL})|teacher_val_(clean|pgd)_acc|train_clean_acc"
     r"|loss|loss_\w+|ibp_loss|adv_loss|kappa|eps|lr|seconds|examples_per_second"
     r"|teacher_seconds|device_hours|wall_time_s"
 )

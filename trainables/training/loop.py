@@ -4,7 +4,8 @@
 checkpoint directory when one holds a checkpoint, trains with the configured method and eps
 schedule, evaluates on the validation split each ``eval.every`` epochs, reports through
 callbacks, and finally evaluates on ``eval.final_split`` with ``eval.final_verifier`` and
-``eval.final_attack``.
+``eval.final_attack``, and certifies the validation split (``eval.subset`` examples) with
+``eval.final_verifier`` (``val_final_cert_acc``: what a sweep tunes on).
 A non-finite loss ends the run with status "diverged" (before the bad step is applied).
 With ``teacher.name`` set, the loop loads the teacher (it never trains one: recipe teachers
 come from ``trainables.training.teacher_cache.ensure_teacher``), adds the teacher's
@@ -247,7 +248,20 @@ class _Run:
             split, ev.final_verifier, ev.final_subset, seed=0, attack=ev.final_attack
         )
         metrics["verifier"] = ev.final_verifier
-        return {f"{ev.final_split}_{k}": v for k, v in metrics.items()}
+        final = {f"{ev.final_split}_{k}": v for k, v in metrics.items()}
+        return {**final, **self._final_val_certificate()}
+
+    def _final_val_certificate(self) -> dict[str, float]:
+        """The final verifier's certificate of the validation split (its first
+        ``eval.subset`` examples, those the epochs evaluate by default), so that a sweep
+        ranks trials on the certificate it reports: ``val_final_cert_acc``, its counters
+        (``val_final_cert_by_<stage>``, ...) and ``val_final_n``; nothing without a final
+        verifier. No attack: only the certificate is needed."""
+        ev = self.config.eval
+        if ev.final_verifier is None:
+            return {}
+        metrics = self._evaluate(self.splits.val, ev.final_verifier, ev.subset, seed=0, pgd_steps=0)
+        return {f"val_final_{k}": v for k, v in metrics.items() if k != "clean_acc"}
 
     def _evaluate(
         self,
@@ -257,6 +271,7 @@ class _Run:
         seed: int,
         model: nn.Module | None = None,
         attack: str = "pgd",
+        pgd_steps: int | None = None,
     ) -> dict[str, float]:
         ev = self.config.eval
         seed = self.config.seed * 100003 + seed
@@ -270,7 +285,7 @@ class _Run:
             dataset,
             eps=self.config.eval_eps,
             verifier=verifier,
-            pgd_steps=ev.pgd_steps,
+            pgd_steps=ev.pgd_steps if pgd_steps is None else pgd_steps,
             pgd_restarts=ev.pgd_restarts,
             subset=subset,
             batch_size=ev.batch_size,

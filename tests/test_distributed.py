@@ -34,9 +34,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from training_helpers import digits_config
 
+from trainables.checkpoints import CHECKPOINT_NAME, load_checkpoint
 from trainables.config import load_config
 from trainables.training.callbacks import RunInfo, TrainingCallback
-from trainables.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from trainables.training.loop import train
 
 WORLD_SIZE = 2

@@ -10,16 +10,16 @@ from training_helpers import digits_config
 from trainables.attacks import pgd_robust
 from trainables.bounds import certify
 from trainables.certify.verifiers import BEST_STAGES, make_verifier, stage_metric
-from trainables.config import load_config
-from trainables.data import load_dataset
-from trainables.evaluation import evaluate
-from trainables.models import build_model
-from trainables.training.checkpoint import (
+from trainables.checkpoints import (
     CheckpointError,
     load_checkpoint,
     load_model_state,
     save_checkpoint,
 )
+from trainables.config import load_config
+from trainables.data import load_dataset
+from trainables.evaluation import evaluate
+from trainables.models import build_model
 from trainables.training.loop import train
 
 

@@ -485,7 +485,7 @@ def test_one_line_per_finished_trial_with_the_front(capsys: pytest.CaptureFixtur
 def test_a_rerun_resumes_from_the_newest_checkpoint_that_loads(tmp_path: Path) -> None:
     """A trial cut off by a killed driver left Tune checkpoints in its folder; the newest one
     was cut short by the kill: its re-run starts from the newest one that loads."""
-    from trainables.training.checkpoint import load_checkpoint, save_checkpoint
+    from trainables.checkpoints import load_checkpoint, save_checkpoint
     from trainables.tune import _copy_newest_checkpoint
 
     folder = tmp_path / "ray" / "demo" / "demo_1_abc"

@@ -15,6 +15,7 @@ import torch
 from training_helpers import digits_config
 
 import trainables.training.teacher_cache as cache
+from trainables.checkpoints import save_checkpoint
 from trainables.config import ConfigError, load_config
 from trainables.data import load_dataset
 from trainables.evaluation import evaluate
@@ -28,7 +29,6 @@ from trainables.teachers import (
 )
 from trainables.train import main
 from trainables.training.callbacks import TrainingCallback
-from trainables.training.checkpoint import save_checkpoint
 from trainables.training.loop import RunResult, train
 from trainables.training.teacher_cache import ensure_teacher
 

@@ -55,9 +55,9 @@ def main(
         parser.error(f"--subset must be >= 1, got {args.subset}")
     from trainables.certify.rows import result_rows, write_rows
     from trainables.checkpoint_certification import certify_or_attack, format_rows, load_trained
+    from trainables.checkpoints import CheckpointError
     from trainables.config import ConfigError
     from trainables.data import DatasetNotFoundError
-    from trainables.training.checkpoint import CheckpointError
     from trainables.training.loop import resolve_device
 
     try:

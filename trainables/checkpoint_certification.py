@@ -41,17 +41,17 @@ from trainables.certify.lipschitz import l2_radius
 from trainables.certify.precision import full_float32
 from trainables.certify.smoothing import certified_accuracy
 from trainables.certify.verifiers import VERIFIERS, stage_fractions
-from trainables.config import TrainConfig, load_config
-from trainables.data import DatasetSplits
-from trainables.evaluation import evaluate
-from trainables.models import build_model_for
-from trainables.models.modes import eval_mode
-from trainables.training.checkpoint import (
+from trainables.checkpoints import (
     CHECKPOINT_NAME,
     CheckpointError,
     load_checkpoint,
     load_model_state,
 )
+from trainables.config import TrainConfig, load_config
+from trainables.data import DatasetSplits
+from trainables.evaluation import evaluate
+from trainables.models import build_model_for
+from trainables.models.modes import eval_mode
 from trainables.training.loop import load_splits
 
 #: Samples per batch of a complete verifier (each takes up to its time limit).

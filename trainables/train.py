@@ -121,11 +121,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m trainables.train"
     args = build_parser(prog).parse_args(argv)
     import yaml
 
+    from trainables.checkpoints import CheckpointError
     from trainables.config import ConfigError, load_config
     from trainables.data import DatasetNotFoundError
     from trainables.preflight import preflight
     from trainables.teachers import TeacherError
-    from trainables.training.checkpoint import CheckpointError
     from trainables.training.loop import train
     from trainables.training.teacher_cache import ensure_teacher
 

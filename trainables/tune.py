@@ -58,6 +58,7 @@ import pyarrow.fs as pafs
 import ray.train
 from ray import tune
 
+from trainables.checkpoints import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from trainables.config import ConfigError, TrainConfig, load_config
 from trainables.data import DatasetNotFoundError
 from trainables.results.schema import FINAL_VAL_CERT
@@ -65,7 +66,6 @@ from trainables.results.storage import copy_atomic, open_storage
 from trainables.results.writing import ERROR_CHARS
 from trainables.teachers import TeacherError
 from trainables.training.callbacks import RunInfo, TrainingCallback
-from trainables.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from trainables.training.loop import RunResult, train
 from trainables.training.teacher_cache import ensure_teacher
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from trainables.checkpoints import CheckpointError, load_checkpoint, load_model_state
 from trainables.config import TrainConfig
 from trainables.data import DatasetInfo
 from trainables.models import build_model_for, forward_features
 from trainables.teachers.registry import TeacherError, resolve_teacher
-from trainables.training.checkpoint import CheckpointError, load_checkpoint, load_model_state
 
 
 @dataclass

@@ -27,15 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from trainables.certify.verifiers import make_configured_verifier
-from trainables.config import TrainConfig
-from trainables.data import DatasetSplits, load_dataset
-from trainables.evaluation import evaluate
-from trainables.models import build_model_for
-from trainables.models.init import shi_ibp_init
-from trainables.schedules import EpsSchedule
-from trainables.teachers import load_teacher
-from trainables.training.callbacks import RunInfo, TrainingCallback
-from trainables.training.checkpoint import (
+from trainables.checkpoints import (
     CHECKPOINT_NAME,
     CheckpointError,
     load_checkpoint,
@@ -44,6 +36,14 @@ from trainables.training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from trainables.config import TrainConfig
+from trainables.data import DatasetSplits, load_dataset
+from trainables.evaluation import evaluate
+from trainables.models import build_model_for
+from trainables.models.init import shi_ibp_init
+from trainables.schedules import EpsSchedule
+from trainables.teachers import load_teacher
+from trainables.training.callbacks import RunInfo, TrainingCallback
 from trainables.training.distiller import Distiller
 from trainables.training.distributed import Distributed
 from trainables.training.optim import build_lr_scheduler, build_optimizer

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import yaml
 
+from trainables.checkpoints import save_checkpoint
 from trainables.config import CheckpointConfig, TrainConfig
 from trainables.teachers.registry import TeacherError, resolve_teacher
 from trainables.training.callbacks import TrainingCallback
-from trainables.training.checkpoint import save_checkpoint
 from trainables.training.loop import train
 
 

@@ -126,6 +126,7 @@ def sweeps(sampler_seeds: list[int], storage: str | None, num_cpus: int | None) 
     import analysis
 
     root = Path(storage or tempfile.mkdtemp(prefix="distill-evidence-"))
+    root.mkdir(parents=True, exist_ok=True)
     demo = yaml.safe_load(DEMO.read_text())
     teacher_choices = demo["space"]["overrides"]["teacher.name"]
     rows = []

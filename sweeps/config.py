@@ -32,14 +32,10 @@ from sweeps.trackers import Tracker, check_trackers
 from trainables.config import TrainConfig, flatten, load_config, unflatten
 from trainables.config_io import describe_errors, read_yaml_mapping
 from trainables.results import FINAL_VAL_CERT, is_trial_metric
+from trainables.results.storage import is_remote
 
 #: A sweep name is a folder under the storage: no path separators, no "." or ".." alone.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-
-
-def is_uri(storage: str) -> bool:
-    """True for ``scheme://...`` other than ``file://`` (a remote or in-memory filesystem)."""
-    return "://" in storage and not storage.startswith("file://")
 
 
 def on_cluster() -> bool:
@@ -150,7 +146,7 @@ class SweepConfig(_Group):
 
     @model_validator(mode="after")
     def _durable_study_needs_a_path(self) -> SweepConfig:
-        if self.optuna_storage != "none" and is_uri(self.storage):
+        if self.optuna_storage != "none" and is_remote(self.storage):
             raise ValueError(
                 f"optuna_storage={self.optuna_storage!r} writes a local file, but storage"
                 f" {self.storage!r} is a URI: use a path (a shared filesystem on a cluster)"
@@ -160,7 +156,7 @@ class SweepConfig(_Group):
 
     @model_validator(mode="after")
     def _trackers_can_write(self) -> SweepConfig:
-        check_trackers(self.loggers, is_uri(self.storage))
+        check_trackers(self.loggers, is_remote(self.storage))
         return self
 
     def training_config(self, params: dict[str, Any] | None = None) -> TrainConfig:

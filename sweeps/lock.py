@@ -30,7 +30,7 @@ from typing import Any
 from trainables.results.storage import (
     absolute_storage,
     exists,
-    is_uri,
+    is_remote,
     open_storage,
     write_bytes_atomic,
 )
@@ -65,7 +65,7 @@ def _refusal(where: str, holder: dict[str, Any], how: str) -> SweepLockedError:
 def driver_lock(storage: str, sweep: str, *, break_lock: bool = False) -> Iterator[None]:
     """Hold the sweep's lock for the ``with`` block; ``SweepLockedError`` if another driver
     holds it (see the module docstring)."""
-    if is_uri(storage) and not storage.startswith("file://"):
+    if is_remote(storage):
         with _object_lock(storage, sweep, break_lock):
             yield
         return

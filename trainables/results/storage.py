@@ -28,7 +28,14 @@ class StorageError(OSError):
 
 
 def is_uri(storage: str) -> bool:
+    """``scheme://...``, ``file://`` included (opened through pyarrow's filesystems)."""
     return "://" in storage
+
+
+def is_remote(storage: str) -> bool:
+    """A URI other than ``file://``: a remote or in-memory filesystem (no local locks,
+    no local folder to share)."""
+    return is_uri(storage) and not storage.startswith("file://")
 
 
 def absolute_storage(storage: str) -> str:

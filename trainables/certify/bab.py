@@ -59,7 +59,7 @@ from trainables.bounds.alpha import alpha_crown
 from trainables.bounds.linear import ReLURelaxation, backward_lower_bound
 from trainables.bounds.ops import Op, ReLUOp, densify, detached, fuse_affine, linearize
 from trainables.bounds.spec import margin_spec
-from trainables.certify.exact import PROOF_MARGIN, Verdict
+from trainables.certify.exact import PROOF_MARGIN, Verdict, check_problem
 from trainables.certify.milp import DenseReLUNetwork
 from trainables.models.modes import eval_mode
 
@@ -710,26 +710,11 @@ def _check(
     max_domains: int,
 ) -> tuple[float, float]:
     """Clear errors for bad arguments; returns ``eps`` and ``time_limit`` as floats."""
-    try:
-        eps, time_limit = float(eps), float(time_limit)
-    except (TypeError, ValueError) as error:
-        message = f"eps and time_limit must be numbers, got {eps!r} and {time_limit!r}"
-        raise TypeError(message) from error
-    if not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
-    if not (math.isfinite(time_limit) and time_limit > 0):
-        raise ValueError(f"time_limit must be a finite number of seconds > 0, got {time_limit}")
     for name, value in (("batch_domains", batch_domains), ("iterations", iterations),
                         ("max_domains", max_domains)):  # fmt: skip
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if x.dim() < 2:
-        raise ValueError(f"x needs a batch dimension, got shape {tuple(x.shape)}")
-    if y.shape != x.shape[:1] or y.dtype.is_floating_point or y.dtype == torch.bool:
-        raise ValueError(
-            f"y must hold integer labels of shape [{x.shape[0]}], got {y.dtype} {tuple(y.shape)}"
-        )
-    return eps, time_limit
+    return check_problem(x, y, eps, time_limit)
 
 
 __all__ = ["Verdict", "verify_bab"]

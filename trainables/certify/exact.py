@@ -353,15 +353,6 @@ def _check_arguments(
     pgd_restarts: int,
 ) -> tuple[float, float]:
     """Clear errors for bad arguments; returns ``eps`` and ``time_limit`` as floats."""
-    try:
-        eps, time_limit = float(eps), float(time_limit)
-    except (TypeError, ValueError) as error:
-        message = f"eps and time_limit must be numbers, got {eps!r} and {time_limit!r}"
-        raise TypeError(message) from error
-    if not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
-    if not (math.isfinite(time_limit) and time_limit > 0):
-        raise ValueError(f"time_limit must be a finite number of seconds > 0, got {time_limit}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if relu_bounds not in RELU_BOUNDS:
@@ -372,6 +363,22 @@ def _check_arguments(
         raise ValueError(
             f"need pgd_steps >= 0 and pgd_restarts >= 1, got {pgd_steps}, {pgd_restarts}"
         )
+    return check_problem(x, y, eps, time_limit)
+
+
+def check_problem(x: Tensor, y: Tensor, eps: float, time_limit: float) -> tuple[float, float]:
+    """The checks every complete verifier makes of its problem (here and ``certify.bab``):
+    a batch of inputs, integer labels, ``eps >= 0`` and a time limit > 0, both finite;
+    returns ``eps`` and ``time_limit`` as floats."""
+    try:
+        eps, time_limit = float(eps), float(time_limit)
+    except (TypeError, ValueError) as error:
+        message = f"eps and time_limit must be numbers, got {eps!r} and {time_limit!r}"
+        raise TypeError(message) from error
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    if not (math.isfinite(time_limit) and time_limit > 0):
+        raise ValueError(f"time_limit must be a finite number of seconds > 0, got {time_limit}")
     if x.dim() < 2:
         raise ValueError(f"x needs a batch dimension, got shape {tuple(x.shape)}")
     if y.shape != x.shape[:1] or y.dtype.is_floating_point or y.dtype == torch.bool:

@@ -67,32 +67,6 @@ class AlphaCrownResult:
     relu_bounds: list[Interval]
 
 
-def alpha_crown_bounds(
-    ops: list[Op],
-    lower: Tensor,
-    upper: Tensor,
-    C: Tensor | None,
-    *,
-    iterations: int = ITERATIONS,
-    lr: float = LEARNING_RATE,
-    lr_decay: float = LEARNING_RATE_DECAY,
-    optimize_intermediate: bool = True,
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-) -> Interval:
-    """Bounds of ``C f(x)`` (or ``f(x)``) over the box by alpha-CROWN (module docstring)."""
-    return alpha_crown(
-        ops,
-        lower,
-        upper,
-        C,
-        iterations=iterations,
-        lr=lr,
-        lr_decay=lr_decay,
-        optimize_intermediate=optimize_intermediate,
-        chunk_elements=chunk_elements,
-    ).bounds
-
-
 def alpha_crown(
     ops: list[Op],
     lower: Tensor,
@@ -105,7 +79,8 @@ def alpha_crown(
     optimize_intermediate: bool = True,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> AlphaCrownResult:
-    """alpha-CROWN with its intermediate bounds (``relu_bounds`` feed branch and bound)."""
+    """Bounds of ``C f(x)`` (or ``f(x)``) over the box by alpha-CROWN (module docstring),
+    with its intermediate bounds (``relu_bounds`` feed branch and bound)."""
     check_options(iterations, lr, lr_decay)
     with torch.no_grad():
         ops, lower, upper = prepare(detached(ops), lower.detach(), upper.detach())

@@ -82,7 +82,7 @@ def compute_bounds(
         return crown_ibp_bounds(ops, x_lower, x_upper, C)
     if method == "crown":
         return crown_bounds(ops, x_lower, x_upper, C, chunk_elements)
-    return alpha.alpha_crown_bounds(
+    return alpha.alpha_crown(
         ops,
         x_lower,
         x_upper,
@@ -91,7 +91,7 @@ def compute_bounds(
         lr=alpha_lr,
         optimize_intermediate=alpha_intermediate,
         chunk_elements=chunk_elements,
-    )
+    ).bounds
 
 
 def certify(

@@ -160,9 +160,12 @@ class Lipschitz(Verifier):
 @dataclass(frozen=True)
 class _CompleteVerifier(Verifier):
     """A complete verifier: verified / falsified / undecided (timeout or unknown) per sample.
-    Undecided samples count as not certified; their share is ``<name>_undecided``."""
+    Undecided samples count as not certified; their share is ``<name>_undecided``. Options:
+    ``time_limit`` seconds per sample, ``seed`` of its attacks."""
 
     complete = True
+    time_limit: float = 10.0
+    seed: int = 0
 
     @abstractmethod
     def verdicts(self, model: nn.Module, x: Tensor, y: Tensor, eps: float) -> list[Verdict]: ...
@@ -186,8 +189,6 @@ class Milp(_CompleteVerifier):
 
     name = "milp"
     strength = 100
-    time_limit: float = 10.0
-    seed: int = 0
 
     def verdicts(self, model: nn.Module, x: Tensor, y: Tensor, eps: float) -> list[Verdict]:
         from trainables.certify.exact import verify_exact
@@ -203,8 +204,6 @@ class Bab(_CompleteVerifier):
 
     name = "bab"
     strength = 90
-    time_limit: float = 10.0
-    seed: int = 0
 
     def verdicts(self, model: nn.Module, x: Tensor, y: Tensor, eps: float) -> list[Verdict]:
         from trainables.certify.bab import verify_bab

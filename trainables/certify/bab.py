@@ -59,7 +59,7 @@ from trainables.bounds.alpha import alpha_crown
 from trainables.bounds.linear import ReLURelaxation, backward_lower_bound
 from trainables.bounds.ops import Op, ReLUOp, densify, detached, fuse_affine, linearize
 from trainables.bounds.spec import margin_spec
-from trainables.certify.exact import PROOF_MARGIN, Verdict, check_problem
+from trainables.certify.exact import PROOF_MARGIN, Verdict, VerificationProblem, check_problem
 from trainables.certify.milp import DenseReLUNetwork
 from trainables.models.modes import eval_mode
 
@@ -125,7 +125,9 @@ def verify_bab(
         classes = output.shape[-1]
         if y.min() < 0 or y.max() >= classes:
             raise ValueError(f"labels must lie in [0, {classes - 1}], got {y.tolist()}")
-        problem = _Problem(model, model64, x, eps, lower, upper, low64, up64, y.cpu(), classes)
+        problem = VerificationProblem(
+            model, model64, x, y.cpu(), eps, lower, upper, low64, up64, classes
+        )
         verdicts, pending, roots = _start(
             problem, raw_ops, root_iterations, pgd_steps, pgd_restarts, seed
         )
@@ -142,35 +144,8 @@ def verify_bab(
     return verdicts
 
 
-@dataclass(frozen=True)
-class _Problem:
-    """One batch: inputs and box in the model's dtype and device, float64 CPU copies."""
-
-    model: nn.Sequential
-    model64: nn.Sequential
-    x: Tensor
-    eps: float
-    lower: Tensor
-    upper: Tensor
-    low64: Tensor
-    up64: Tensor
-    y: Tensor  # CPU labels
-    classes: int
-
-    def counterexample(self, index: int, points: Tensor) -> Tensor | None:
-        """The first of ``points`` (``[n, *shape]``) that, cast to the model's dtype and
-        clamped into the box, the float64 network misclassifies; else None."""
-        lower, upper = self.lower[index], self.upper[index]
-        candidates = torch.max(torch.min(points.to(lower), upper), lower)
-        with torch.no_grad():
-            logits = self.model64(candidates.double().cpu())
-        labels = self.y[index].expand(len(points))
-        wrong = (true_class_margin(logits, labels) <= 0).nonzero().flatten()
-        return candidates[int(wrong[0])].detach() if wrong.numel() else None
-
-
 def _start(
-    problem: _Problem,
+    problem: VerificationProblem,
     ops: list[Op],
     root_iterations: int,
     pgd_steps: int,
@@ -292,7 +267,7 @@ class _Search:
 
     def __init__(
         self,
-        problem: _Problem,
+        problem: VerificationProblem,
         ops: list[Op],
         batch_domains: int,
         iterations: int,

@@ -130,7 +130,7 @@ def verify_exact(
         classes = output.shape[-1]
         if y.min() < 0 or y.max() >= classes:
             raise ValueError(f"labels must lie in [0, {classes - 1}], got {y.tolist()}")
-        problem = _Problem(model, model64, x, y, eps, lower, upper, low64, up64, classes)
+        problem = VerificationProblem(model, model64, x, y, eps, lower, upper, low64, up64, classes)
         marabou_net = (
             LinearReLUNetwork.from_sequential(model64, tuple(x.shape[1:]))
             if backend == "marabou"
@@ -162,8 +162,9 @@ def verify_exact(
 
 
 @dataclass(frozen=True)
-class _Problem:
-    """One batch: the box in the model's dtype and device, and float64 CPU copies."""
+class VerificationProblem:
+    """One batch: the box in the model's dtype and device, and float64 CPU copies (the
+    complete verifiers' shared view of it, here and in ``certify.bab``)."""
 
     model: nn.Sequential
     model64: nn.Sequential
@@ -176,9 +177,20 @@ class _Problem:
     up64: Tensor
     classes: int
 
+    def counterexample(self, index: int, points: Tensor) -> Tensor | None:
+        """The first of ``points`` (``[n, *shape]``) that, cast to the model's dtype and
+        clamped into the box, the float64 network misclassifies; else None."""
+        lower, upper = self.lower[index], self.upper[index]
+        candidates = torch.max(torch.min(points.to(lower), upper), lower)
+        with torch.no_grad():
+            logits = self.model64(candidates.double().cpu())
+        labels = self.y[index].expand(len(points))
+        wrong = (true_class_margin(logits, labels) <= 0).nonzero().flatten()
+        return candidates[int(wrong[0])].detach() if wrong.numel() else None
+
 
 def _fast_path(
-    problem: _Problem,
+    problem: VerificationProblem,
     pgd_steps: int,
     pgd_restarts: int,
     seed: int,
@@ -232,7 +244,7 @@ def _fast_path(
 
 
 def _search_sample(
-    problem: _Problem,
+    problem: VerificationProblem,
     solve: _RowSolver,
     index: int,
     rows: list[int],
@@ -262,7 +274,9 @@ def _search_sample(
     return Verdict(status, spent + time.perf_counter() - start, backend, x_adv)
 
 
-def _confirmed_counterexample(problem: _Problem, index: int, point: np.ndarray) -> Tensor | None:
+def _confirmed_counterexample(
+    problem: VerificationProblem, index: int, point: np.ndarray
+) -> Tensor | None:
     """``point`` in the model's dtype, clamped into the box, if the model misclassifies it.
 
     Clamping matters: solvers meet the input bounds only up to their tolerances.
@@ -277,7 +291,7 @@ def _confirmed_counterexample(problem: _Problem, index: int, point: np.ndarray) 
 
 
 def _milp_solver(
-    problem: _Problem, ops: list[Op], relu_bounds: str, pending: list[int]
+    problem: VerificationProblem, ops: list[Op], relu_bounds: str, pending: list[int]
 ) -> _RowSolver:
     """Row solver on milp.py's encoding, per sample with CROWN-tightened big-M constants."""
     low64, up64 = problem.low64, problem.up64
@@ -331,7 +345,7 @@ class _BoundedNetwork(DenseReLUNetwork):
         ]
 
 
-def _marabou_solver(problem: _Problem, network: LinearReLUNetwork) -> _RowSolver:
+def _marabou_solver(problem: VerificationProblem, network: LinearReLUNetwork) -> _RowSolver:
     lows, highs = problem.low64.flatten(1).numpy(), problem.up64.flatten(1).numpy()
 
     def solve(index: int, other: int, seconds: float) -> _RowResult:

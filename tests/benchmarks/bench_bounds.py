@@ -1,6 +1,7 @@
 """Benchmark (not a test): bound propagation cost on CNN7 at 3x32x32, side by side in one run.
 
     python tests/benchmarks/bench_bounds.py [--device cuda] [--repeats 5] [--full-crown]
+        [--only half|full]
 
 Two tables, every measurement on the same inputs (seeded, eps 2/255), each in a fresh
 subprocess so that its memory peak (CPU: max RSS growth; GPU: max_memory_allocated) is its
@@ -150,10 +151,17 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--full-crown", action="store_true", help="run full-width CROWN in full")
+    parser.add_argument("--only", choices=("half", "full"), help="one of the two tables")
     args = parser.parse_args()
     print(f"eps {EPS:.4f}, device {args.device}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}")  # fmt: skip
+    if args.only != "full":
+        _half_width(args)
+    if args.only != "half":
+        _full_width(args)
 
+
+def _half_width(args: argparse.Namespace) -> None:
     print("\nHalf-width CNN7 (16-16-32-32-32, linear 128) with BatchNorm, batch 8")
     print("| measurement | seconds | x IBP | peak MiB |\n|---|---|---|---|")
     ibp, ibp_mem, _ = run("ibp", args.device, 8, args.repeats, HALF)
@@ -168,6 +176,8 @@ def main() -> None:
         seconds, peak, _ = run(task, args.device, 8, args.repeats, HALF)
         print(_row(label, seconds, seconds / ibp, peak), flush=True)
 
+
+def _full_width(args: argparse.Namespace) -> None:
     print("\nFull-width CNN7 (64-64-128-128-128, linear 512) with BatchNorm")
     print("| measurement | seconds | x IBP | peak MiB |\n|---|---|---|---|")
     ibp32, ibp32_mem, _ = run("ibp", args.device, 32, args.repeats)

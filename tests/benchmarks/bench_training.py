@@ -25,6 +25,7 @@ from trainables.training.optim import build_optimizer
 from trainables.training.step import TrainingStep
 
 EPS = 2 / 255
+ATTACK_FACTOR = {"method.attack_eps_factor": 2.1}  # a setting of the attacking methods only
 METHODS = {
     "plain (standard)": {"method.name": "standard"},
     "IBP": {"method.name": "ibp"},
@@ -33,8 +34,8 @@ METHODS = {
         "method.crown_bound_weight_start": 0.5,
         "method.crown_bound_weight_end": 0.5,
     },
-    "CC-IBP (PGD-8)": {"method.name": "cc-ibp", "method.alpha": 0.01},
-    "MTL-IBP (PGD-8)": {"method.name": "mtl-ibp", "method.alpha": 0.004},
+    "CC-IBP (PGD-8)": {"method.name": "cc-ibp", "method.alpha": 0.01, **ATTACK_FACTOR},
+    "MTL-IBP (PGD-8)": {"method.name": "mtl-ibp", "method.alpha": 0.004, **ATTACK_FACTOR},
 }
 
 
@@ -64,7 +65,6 @@ def main() -> None:
             {
                 "eps": EPS,
                 "attack.steps": 8,
-                "method.attack_eps_factor": 2.1,
                 "warmup.weight": 0.0,
                 **overrides,
             }

@@ -351,6 +351,7 @@ def _run_trials(
         sink=sink,
         previous=earlier[list(objectives)].dropna().values.tolist() if len(earlier) else [],
         done=len(rows),
+        live=list(stopping_metrics(objectives, training.eval.split)),
     )
     print(f"running {remaining} trial(s) as Tune experiment {experiment!r}", flush=True)
     if not verbose:  # Tune's new output engine prints its banner even when silent

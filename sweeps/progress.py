@@ -85,8 +85,12 @@ class ProgressPrinter(tune.Callback):
         sink: ParquetSink,
         previous: Sequence[Sequence[float]] = (),
         done: int = 0,
+        live: Sequence[str] = (),
     ) -> None:
         self.names, self.objectives = names, dict(objectives)
+        # the running table's columns: the objectives, then per-epoch stand-ins of those
+        # measured only at a trial's end (``val_final_cert_acc`` shows "-" until then)
+        self.live = list(dict.fromkeys([*self.objectives, *live]))
         self.total_trials, self.total_epochs, self.every_s = total_trials, total_epochs, every_s
         self.sink, self.points, self.done = sink, [list(p) for p in previous], done
         self.last = time.monotonic()
@@ -125,14 +129,12 @@ class ProgressPrinter(tune.Callback):
 
     def running_table(self, running: Sequence[Trial]) -> str:
         """The running trials' epoch and last objective values, one line each."""
-        header = ["trial", "epoch", *self.objectives]
+        header = ["trial", "epoch", *self.live]
         rows = []
         for trial in running:
             last = trial.last_result or {}
             epoch = f"{last.get('epoch', 0)}/{self.total_epochs}"
-            rows.append(
-                [self.names.name(trial), epoch, *(_value(last.get(n)) for n in self.objectives)]
-            )
+            rows.append([self.names.name(trial), epoch, *(_value(last.get(n)) for n in self.live)])
         summary = front_summary(self.points, list(self.objectives.values()))
         title = f"{len(running)} running, {self.done}/{self.total_trials} finished; {summary}"
         return title + "\n" + _text_table(header, rows)

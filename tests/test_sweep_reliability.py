@@ -42,6 +42,7 @@ from sweeps.study import (
 )
 from trainables.results import StorageError, SweepLocation
 from trainables.results.storage import check_writable
+from trainables.tune import stopping_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = SearchSpace(
@@ -480,6 +481,42 @@ def test_one_line_per_finished_trial_with_the_front(capsys: pytest.CaptureFixtur
     assert lines[1].startswith("[ 5/16] demo_4_t4 pruned    2/6    -s") and "front 2" in lines[1]
     assert lines[2] == "1 running, 5/16 finished; front 2, HV 0.3500"
     assert lines[4].split() == ["demo_5_t5", "3/6", "0.7000", "-"]
+
+
+def test_the_running_table_shows_the_stand_in_of_a_final_only_objective(capsys) -> None:
+    from types import SimpleNamespace
+
+    from sweeps.progress import ProgressPrinter, TrialNames
+
+    class Searcher:
+        def number(self, trial_id: str) -> int:
+            return int(trial_id[1:])
+
+    objectives = {"val_clean_acc": "max", "val_final_cert_acc": "max"}
+    printer = ProgressPrinter(
+        TrialNames("demo", "demo", Searcher()),
+        objectives,
+        total_trials=4,
+        total_epochs=6,
+        every_s=0,
+        sink=SimpleNamespace(statuses={}),
+        live=list(stopping_metrics(objectives, "val")),
+    )
+    running = SimpleNamespace(
+        trial_id="t1",
+        status="RUNNING",
+        last_result={"epoch": 2, "val_clean_acc": 0.7, "val_cert_acc": 0.3},
+    )
+    printer.on_step_end(0, [running])
+    header, row = capsys.readouterr().out.splitlines()[1:3]
+    assert header.split() == [
+        "trial",
+        "epoch",
+        "val_clean_acc",
+        "val_final_cert_acc",
+        "val_cert_acc",
+    ]
+    assert row.split() == ["demo_1_t1", "2/6", "0.7000", "-", "0.3000"]
 
 
 def test_a_rerun_resumes_from_the_newest_checkpoint_that_loads(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ The result carries no gradient (evaluation only).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -105,6 +106,30 @@ def alpha_crown(
     ]  # fmt: skip
     relu_bounds = [_concat([p.relu_bounds[k] for p in parts]) for k in range(len(crown_relu))]
     return AlphaCrownResult(_concat([p.bounds for p in parts]), relu_bounds)
+
+
+def projected_step(
+    loss: Tensor,
+    parameters: list[Tensor],
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    project: Callable[[], None],
+) -> None:
+    """One step of projected gradient descent on ``loss`` (the negated bound): its
+    gradients (None where a parameter is unused), the optimiser and LR-schedule steps, then
+    ``project`` back onto the feasible set, without autograd. Shared with ``certify.bab``."""
+    grads = torch.autograd.grad(loss, parameters, allow_unused=True)
+    for parameter, grad in zip(parameters, grads, strict=True):
+        parameter.grad = grad
+    optimizer.step()
+    schedule.step()
+    with torch.no_grad():
+        project()
+
+
+def _clamp_slopes(slopes: list[Tensor]) -> None:
+    for slope in slopes:
+        slope.clamp_(0.0, 1.0)
 
 
 def _concat(parts: list[Interval]) -> Interval:
@@ -209,14 +234,7 @@ def _optimise(
             best_relu = [intersect(b, r) for b, r in zip(best_relu, relu_bounds, strict=True)]
         if iteration == iterations - 1:
             break
-        grads = torch.autograd.grad(loss, parameters, allow_unused=True)
-        for parameter, grad in zip(parameters, grads, strict=True):
-            parameter.grad = grad
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():
-            for parameter in parameters:
-                parameter.clamp_(0.0, 1.0)
+        projected_step(loss, parameters, optimizer, schedule, lambda: _clamp_slopes(parameters))
     return AlphaCrownResult(best, [(low.detach(), high.detach()) for low, high in best_relu])
 
 

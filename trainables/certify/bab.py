@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from trainables.attacks.classification import linf_box, pgd_attack, true_class_margin
 from trainables.bounds import compute_bounds
-from trainables.bounds.alpha import alpha_crown
+from trainables.bounds.alpha import alpha_crown, projected_step
 from trainables.bounds.linear import ReLURelaxation, backward_lower_bound
 from trainables.bounds.ops import Op, ReLUOp, densify, detached, fuse_affine, linearize
 from trainables.bounds.spec import margin_spec
@@ -454,16 +454,7 @@ class _Search:
                 keep.copy_(torch.where(mask, parameter.detach(), keep))
             if iteration == iterations - 1 or bool((best > 0).all()):
                 break  # the last evaluation takes no step; all proven: nothing to gain
-            grads = torch.autograd.grad(loss, alpha + beta, allow_unused=True)
-            for parameter, grad in zip(alpha + beta, grads, strict=True):
-                parameter.grad = grad
-            optimizer.step()
-            schedule.step()
-            with torch.no_grad():
-                for a in alpha:
-                    a.clamp_(0.0, 1.0)
-                for b in beta:
-                    b.clamp_(min=0.0)
+            projected_step(loss, alpha + beta, optimizer, schedule, lambda: _project(alpha, beta))
         minimisers = torch.where(trace[-1][:, 0] >= 0, self.lower, self.upper).detach()
         optimised = _Domains(
             domains.c,
@@ -574,6 +565,14 @@ class _Search:
             candidate = torch.from_numpy(point).reshape(self.lower.shape)[None]
             x_adv = self.problem.counterexample(self.index, candidate)
         return ("falsified", x_adv) if x_adv is not None else ("unknown", None)
+
+
+def _project(alpha: list[Tensor], beta: list[Tensor]) -> None:
+    """Back onto the feasible set: slopes in [0, 1], split multipliers >= 0."""
+    for a in alpha:
+        a.clamp_(0.0, 1.0)
+    for b in beta:
+        b.clamp_(min=0.0)
 
 
 def _forward(ops: list[Op], x: Tensor) -> Tensor:
